@@ -1,0 +1,24 @@
+"""sss-lightning: Sparse Structure Selection (Huang & Wang, ECCV 2018) for PyTorch Lightning."""
+
+from .gates import BlockGate, ChannelGate, Gate, GroupGate, gate_parameters, iter_gates, sparsity
+from .models import build_model, list_models, register_model
+from .module import SSSClassifier, SSSModule
+from .optim import APG
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "APG",
+    "BlockGate",
+    "ChannelGate",
+    "Gate",
+    "GroupGate",
+    "SSSClassifier",
+    "SSSModule",
+    "build_model",
+    "gate_parameters",
+    "iter_gates",
+    "list_models",
+    "register_model",
+    "sparsity",
+]

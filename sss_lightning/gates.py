@@ -1,0 +1,159 @@
+"""Gates: learnable scaling factors on structures (channels, groups, residual blocks).
+
+A gate multiplies the output of the structure it controls. SSS trains the gates with an L1 penalty
+solved by a proximal optimizer (:class:`sss_lightning.optim.APG`), which sets some of them to exactly
+zero; surgery then removes those structures. Gates are found by type (:func:`iter_gates`), never by
+parameter name, so a user's own ``nn.Module`` only has to contain gate modules to work with SSS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "Gate",
+    "ChannelGate",
+    "GroupGate",
+    "BlockGate",
+    "GateInfo",
+    "GATE_KINDS",
+    "iter_gates",
+    "gate_parameters",
+    "has_gates",
+    "sparsity",
+]
+
+
+def _check_count(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class Gate(nn.Module):
+    """Base class: one learnable factor per structure, initialised to 1.0 as in the paper.
+
+    The factor is stored in ``self.scale`` (shape ``(n,)``). Subclasses define ``kind`` and how
+    the factors broadcast over their input.
+    """
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, n: int, init: float = 1.0) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((n,), float(init)))
+
+    @property
+    def num_structures(self) -> int:
+        return self.scale.numel()
+
+    def alive(self) -> Tensor:
+        """Boolean mask of the structures whose gate is not exactly zero."""
+        return self.scale.detach() != 0
+
+    def extra_repr(self) -> str:
+        return f"{self.num_structures}"
+
+
+class ChannelGate(Gate):
+    """One factor per channel (neuron) of an ``(N, C, ...)`` tensor."""
+
+    kind = "channel"
+
+    def __init__(self, channels: int, init: float = 1.0) -> None:
+        super().__init__(_check_count("channels", channels), init)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() < 2 or x.shape[1] != self.num_structures:
+            raise ValueError(
+                f"ChannelGate({self.num_structures}) got input of shape {tuple(x.shape)}; "
+                f"dimension 1 must have {self.num_structures} channels"
+            )
+        return x * self.scale.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+class GroupGate(Gate):
+    """One factor per group of a grouped conv's output: ``C`` channels in ``groups`` contiguous blocks."""
+
+    kind = "group"
+
+    def __init__(self, groups: int, init: float = 1.0) -> None:
+        super().__init__(_check_count("groups", groups), init)
+
+    def forward(self, x: Tensor) -> Tensor:
+        groups = self.num_structures
+        if x.dim() < 2 or x.shape[1] % groups:
+            raise ValueError(
+                f"GroupGate({groups}) got input of shape {tuple(x.shape)}; dimension 1 must be a "
+                f"multiple of {groups} (channels are split into {groups} contiguous groups)"
+            )
+        per_group = x.shape[1] // groups
+        return x * self.scale.repeat_interleave(per_group).view(1, -1, *([1] * (x.dim() - 2)))
+
+
+class BlockGate(Gate):
+    """One factor for a whole residual branch."""
+
+    kind = "block"
+
+    def __init__(self, init: float = 1.0) -> None:
+        super().__init__(1, init)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale
+
+
+GATE_KINDS: tuple[str, ...] = (ChannelGate.kind, GroupGate.kind, BlockGate.kind)
+
+
+@dataclass(frozen=True)
+class GateInfo:
+    """A gate found in a model: its module path, kind and module."""
+
+    name: str
+    kind: str
+    module: Gate
+
+
+def iter_gates(model: nn.Module) -> Iterator[GateInfo]:
+    """Every gate of ``model`` in module order, found by type (no naming conventions)."""
+    for name, module in model.named_modules():
+        if isinstance(module, Gate):
+            yield GateInfo(name, module.kind, module)
+
+
+def gate_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The gate factors of ``model``: the parameters the optimizer puts in the L1/proximal group."""
+    return [info.module.scale for info in iter_gates(model)]
+
+
+def has_gates(model: nn.Module) -> bool:
+    return next(iter_gates(model), None) is not None
+
+
+def sparsity(model: nn.Module) -> dict[str, float]:
+    """Fraction of gates that are exactly zero, per kind present and ``"overall"``.
+
+    Also returns ``"<kind>_alive"`` / ``"<kind>_total"`` counts so loggers can plot live structures.
+    A model without gates returns ``{}``.
+    """
+    zeros: dict[str, int] = {}
+    totals: dict[str, int] = {}
+    for info in iter_gates(model):
+        scale = info.module.scale.detach()
+        zeros[info.kind] = zeros.get(info.kind, 0) + int((scale == 0).sum())
+        totals[info.kind] = totals.get(info.kind, 0) + scale.numel()
+    if not totals:
+        return {}
+    summary: dict[str, float] = {}
+    for kind in totals:
+        summary[kind] = zeros[kind] / totals[kind]
+        summary[f"{kind}_alive"] = float(totals[kind] - zeros[kind])
+        summary[f"{kind}_total"] = float(totals[kind])
+    summary["overall"] = sum(zeros.values()) / sum(totals.values())
+    return summary

@@ -1,0 +1,177 @@
+"""SSSModule: the LightningModule that trains a gated network with one two-group APG optimizer.
+
+Weights go in one group (weight decay, ``gamma=0``: exactly Nesterov SGD), gates in the other (L1
+``gamma`` by proximal steps, no weight decay, non-negative as in the official code). Add an architecture
+by passing ``net=`` or by subclassing and overriding :meth:`SSSModule.build_network`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from .gates import gate_parameters, has_gates, sparsity
+from .models.registry import build_model
+from .optim import APG, validate_hparams
+
+__all__ = ["SSSModule", "SSSClassifier"]
+
+Schedule = Literal["cosine", "step", "constant"]
+
+
+def _infer_num_classes(net: nn.Module) -> int | None:
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else None
+
+
+class SSSModule(L.LightningModule):
+    """Image classification with Sparse Structure Selection.
+
+    Args:
+        net: the gated network; ``None`` means :meth:`build_network` builds it (subclass hook).
+        num_classes: classes of the accuracy metric; inferred from the network's last ``nn.Linear``.
+        lr, momentum, weight_decay: the weights' Nesterov SGD (paper: 0.1, 0.9, 1e-4).
+        gamma: L1 strength on the gates; larger gives more zeros and fewer FLOPs.
+        gate_lr: learning rate of the gates (default: ``lr``); the schedule scales both groups.
+        gate_mode: ``"apg"`` (the paper), ``"ista"`` or ``"sgd"`` (L1 subgradient baseline).
+        gate_nonnegative: clamp gates at 0 after each step; default True for apg/ista, False for sgd.
+        schedule: ``"cosine"`` (per step over the whole run), ``"step"`` (x ``lr_decay`` at the epochs in
+            ``milestones``) or ``"constant"``.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module | None = None,
+        num_classes: int | None = None,
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        gamma: float = 0.01,
+        gate_lr: float | None = None,
+        gate_mode: Literal["apg", "ista", "sgd"] = "apg",
+        gate_nonnegative: bool | None = None,
+        schedule: Schedule = "cosine",
+        milestones: Sequence[int] = (120, 160, 240),
+        lr_decay: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        if gate_nonnegative is None:
+            gate_nonnegative = gate_mode != "sgd"
+        validate_hparams(
+            lr=lr, momentum=momentum, gamma=0.0, weight_decay=weight_decay, mode="apg", nonnegative=False,
+            where=" (weights)",
+        )
+        validate_hparams(
+            lr=lr if gate_lr is None else gate_lr, momentum=momentum, gamma=gamma, weight_decay=0.0,
+            mode=gate_mode, nonnegative=gate_nonnegative, where=" (gates)",
+        )
+        if schedule not in ("cosine", "step", "constant"):
+            raise ValueError(f"schedule must be 'cosine', 'step' or 'constant', got {schedule!r}")
+        if schedule == "step" and (not milestones or list(milestones) != sorted(milestones)):
+            raise ValueError(f"milestones must be a non-empty increasing list of epochs, got {milestones!r}")
+        self.gate_nonnegative = gate_nonnegative
+
+        self.net = net if net is not None else self.build_network()
+        if not isinstance(self.net, nn.Module):
+            raise TypeError(f"the network must be an nn.Module, got {type(self.net).__name__}")
+        if not has_gates(self.net):
+            raise ValueError(
+                f"{type(self.net).__name__} has no gates, so SSS has nothing to select. Fix: add "
+                "sss_lightning.gates.ChannelGate/GroupGate/BlockGate modules to it, or build a registry "
+                "model with gates='block', 'channel' or 'both'."
+            )
+        num_classes = num_classes or _infer_num_classes(self.net)
+        if not num_classes:
+            raise ValueError("cannot infer num_classes (the network has no nn.Linear); pass num_classes=")
+        self.criterion = nn.CrossEntropyLoss()
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def build_network(self) -> nn.Module:
+        """Subclass hook: return the gated network when ``net`` is not passed."""
+        raise TypeError(
+            f"{type(self).__name__} needs a network: pass net=<nn.Module with gates>, or subclass "
+            "SSSModule and override build_network()"
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str, metric: MulticlassAccuracy) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self.criterion(logits, y)
+        metric(logits, y)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step)
+        self.log(f"{stage}/acc", metric, on_step=on_step, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss = self._shared_step(batch, "train", self.train_acc)
+        summary = sparsity(self.net)
+        self.log_dict({f"gates/{k}": v for k, v in summary.items() if "_" not in k}, on_step=True)
+        self.log("sparsity", summary["overall"], prog_bar=True, logger=False)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "val", self.val_acc)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "test", self.test_acc)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The two APG groups: weights (weight decay, no L1) and gates (L1, no weight decay)."""
+        hp = self.hparams
+        gates = [p for p in gate_parameters(self.net) if p.requires_grad]
+        gate_ids = {id(p) for p in gates}
+        weights = [p for p in self.net.parameters() if p.requires_grad and id(p) not in gate_ids]
+        return [
+            {"name": "weights", "params": weights, "weight_decay": hp.weight_decay, "gamma": 0.0,
+             "mode": "apg", "nonnegative": False},
+            {"name": "gates", "params": gates, "weight_decay": 0.0, "gamma": hp.gamma, "mode": hp.gate_mode,
+             "nonnegative": self.gate_nonnegative, "lr": hp.lr if hp.gate_lr is None else hp.gate_lr},
+        ]
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        optimizer = APG(self.param_groups(), lr=hp.lr, momentum=hp.momentum)
+        if hp.schedule == "constant":
+            return optimizer
+        if hp.schedule == "cosine":
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(hp.milestones), gamma=hp.lr_decay)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+class SSSClassifier(SSSModule):
+    """SSSModule over a registry architecture: ``SSSClassifier(arch="resnet56", gates="block")``.
+
+    The architecture is rebuilt from these hyper-parameters, so ``load_from_checkpoint`` needs no net.
+    """
+
+    def __init__(
+        self,
+        arch: str = "resnet20",
+        num_classes: int = 10,
+        in_channels: int = 3,
+        gates: str = "both",
+        arch_kwargs: dict[str, Any] | None = None,
+        **sss_kwargs: Any,
+    ) -> None:
+        self.arch, self.arch_kwargs = arch, dict(arch_kwargs or {})
+        self.arch_kwargs.update(num_classes=num_classes, in_channels=in_channels, gates=gates)
+        super().__init__(net=None, num_classes=num_classes, **sss_kwargs)
+        self.save_hyperparameters()
+
+    def build_network(self) -> nn.Module:
+        return build_model(self.arch, **self.arch_kwargs)

@@ -34,7 +34,5 @@ class FitSummary(Callback):
 
     @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        metrics = {
-            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(self.prefixes)
-        }
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(self.prefixes)}
         rank_zero_info(format_summary(metrics, sparsity(pl_module)))

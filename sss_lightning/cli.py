@@ -28,6 +28,8 @@ class SSSLightningCLI(LightningCLI):
 
     def __init__(self, args: ArgsType = None, **kwargs: Any) -> None:
         kwargs.setdefault("parser_kwargs", {"default_env": False})
+        # Re-running a config (e.g. the quick start) replaces its saved config.yaml instead of aborting.
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(
             SSSModule,
             LightningDataModule,

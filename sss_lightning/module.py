@@ -64,12 +64,22 @@ class SSSModule(L.LightningModule):
         if gate_nonnegative is None:
             gate_nonnegative = gate_mode != "sgd"
         validate_hparams(
-            lr=lr, momentum=momentum, gamma=0.0, weight_decay=weight_decay, mode="apg", nonnegative=False,
+            lr=lr,
+            momentum=momentum,
+            gamma=0.0,
+            weight_decay=weight_decay,
+            mode="apg",
+            nonnegative=False,
             where=" (weights)",
         )
         validate_hparams(
-            lr=lr if gate_lr is None else gate_lr, momentum=momentum, gamma=gamma, weight_decay=0.0,
-            mode=gate_mode, nonnegative=gate_nonnegative, where=" (gates)",
+            lr=lr if gate_lr is None else gate_lr,
+            momentum=momentum,
+            gamma=gamma,
+            weight_decay=0.0,
+            mode=gate_mode,
+            nonnegative=gate_nonnegative,
+            where=" (gates)",
         )
         if schedule not in ("cosine", "step", "constant"):
             raise ValueError(f"schedule must be 'cosine', 'step' or 'constant', got {schedule!r}")
@@ -134,10 +144,23 @@ class SSSModule(L.LightningModule):
         gate_ids = {id(p) for p in gates}
         weights = [p for p in self.net.parameters() if p.requires_grad and id(p) not in gate_ids]
         return [
-            {"name": "weights", "params": weights, "weight_decay": hp.weight_decay, "gamma": 0.0,
-             "mode": "apg", "nonnegative": False},
-            {"name": "gates", "params": gates, "weight_decay": 0.0, "gamma": hp.gamma, "mode": hp.gate_mode,
-             "nonnegative": self.gate_nonnegative, "lr": hp.lr if hp.gate_lr is None else hp.gate_lr},
+            {
+                "name": "weights",
+                "params": weights,
+                "weight_decay": hp.weight_decay,
+                "gamma": 0.0,
+                "mode": "apg",
+                "nonnegative": False,
+            },
+            {
+                "name": "gates",
+                "params": gates,
+                "weight_decay": 0.0,
+                "gamma": hp.gamma,
+                "mode": hp.gate_mode,
+                "nonnegative": self.gate_nonnegative,
+                "lr": hp.lr if hp.gate_lr is None else hp.gate_lr,
+            },
         ]
 
     def configure_optimizers(self) -> Any:

@@ -51,9 +51,7 @@ def validate_hparams(
     if not 0.0 <= m < 1.0:
         raise ValueError(f"APG{where}: momentum must be in [0, 1), got {momentum!r}; the paper uses 0.9")
     if _finite_number("gamma", gamma, where=where) < 0:
-        raise ValueError(
-            f"APG{where}: gamma (L1 strength) must be >= 0, got {gamma!r}; use 0 for no penalty"
-        )
+        raise ValueError(f"APG{where}: gamma (L1 strength) must be >= 0, got {gamma!r}; use 0 for no penalty")
     if _finite_number("weight_decay", weight_decay, where=where) < 0:
         raise ValueError(f"APG{where}: weight_decay must be >= 0, got {weight_decay!r}")
     if mode not in MODES:

@@ -2,7 +2,15 @@ import pytest
 import torch
 from torch import nn
 
-from sss_lightning.gates import BlockGate, ChannelGate, GroupGate, gate_parameters, has_gates, iter_gates, sparsity
+from sss_lightning.gates import (
+    BlockGate,
+    ChannelGate,
+    GroupGate,
+    gate_parameters,
+    has_gates,
+    iter_gates,
+    sparsity,
+)
 
 
 def test_gates_start_at_one_and_are_identity():
@@ -42,8 +50,7 @@ def test_block_gate_scales_whole_tensor_and_has_one_factor():
 
 @pytest.mark.parametrize(
     "gate, shape, message",
-    [(ChannelGate(4), (2, 3, 5), "dimension 1 must have 4 channels"),
-     (GroupGate(4), (2, 6, 5), "multiple of 4")],
+    [(ChannelGate(4), (2, 3, 5), "dimension 1 must have 4 channels"), (GroupGate(4), (2, 6, 5), "multiple of 4")],
 )
 def test_gates_reject_mismatched_inputs(gate, shape, message):
     with pytest.raises(ValueError, match=message):

@@ -68,7 +68,7 @@ def test_gamma_zero_is_exactly_torch_nesterov_sgd_under_a_schedule():
             opt.step()
         for s in scheds:
             s.step()
-    for p, q in zip(model.parameters(), twin.parameters()):
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
         assert torch.equal(p, q)
 
 
@@ -183,5 +183,10 @@ def test_bad_arguments_name_the_value(kwargs, message):
 
 def test_param_group_overrides_are_validated_with_the_group_index():
     with pytest.raises(ValueError, match=r"param group 1.*gamma"):
-        APG([{"params": [torch.zeros(1, requires_grad=True)]},
-             {"params": [torch.zeros(1, requires_grad=True)], "gamma": -1.0}], lr=0.1)
+        APG(
+            [
+                {"params": [torch.zeros(1, requires_grad=True)]},
+                {"params": [torch.zeros(1, requires_grad=True)], "gamma": -1.0},
+            ],
+            lr=0.1,
+        )

@@ -33,20 +33,33 @@ def conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int =
 
 
 class GatedResidual(nn.Module):
-    """``post_act(gate(branch(x)) + shortcut(x))``, the residual block SSS selects."""
+    """``post_act(gate(branch(x)) + shortcut(x))``, the residual block SSS selects.
+
+    After surgery ``branch`` may be ``None`` (its block gate was zero) and ``branch_bias`` may hold the
+    constant a branch reduces to when all its inner channels were cut (its BN shift times its gate).
+    """
 
     def __init__(
         self,
-        branch: nn.Sequential,
+        branch: nn.Sequential | None,
         shortcut: nn.Module | None = None,
-        gate: BlockGate | None = None,
+        gate: nn.Module | None = None,
         post_act: nn.Module | None = None,
+        branch_bias: Tensor | None = None,
     ) -> None:
         super().__init__()
         self.branch = branch
         self.gate = gate if gate is not None else nn.Identity()
         self.shortcut = shortcut if shortcut is not None else nn.Identity()
         self.post_act = post_act if post_act is not None else nn.Identity()
+        self.register_buffer("branch_bias", branch_bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.post_act(self.gate(self.branch(x)) + self.shortcut(x))
+        out = self.shortcut(x)
+        if self.branch is not None:
+            out = self.gate(self.branch(x)) + out
+        elif out is x:
+            out = out.clone()  # the post activation may be in place; never modify the caller's tensor
+        if self.branch_bias is not None:
+            out = out + self.branch_bias.view(1, -1, *([1] * (out.dim() - 2)))
+        return self.post_act(out)

@@ -1,0 +1,95 @@
+import subprocess
+import sys
+
+import pytest
+
+from sss_lightning.cli import main
+from tests.conftest import REPO
+
+EXPERIMENTS = REPO / "experiments"
+
+
+@pytest.fixture(autouse=True)
+def _plain_argv(monkeypatch):
+    """main(args) is the command line; pytest's own argv must not look like extra CLI arguments."""
+    monkeypatch.setattr(sys, "argv", ["sss-lightning"])
+
+
+def test_fashion_mnist_quick_config_fits_with_fast_dev_run(tmp_path, monkeypatch, fashion_gz_dir, capsys):
+    monkeypatch.chdir(tmp_path)
+    main(
+        [
+            "fit",
+            "--config",
+            str(EXPERIMENTS / "fashion_mnist_quick.yaml"),
+            "--trainer.fast_dev_run=2",
+            "--data.init_args.data_dir",
+            str(tmp_path / "data"),
+            "--data.init_args.source_dir",
+            str(fashion_gz_dir),
+            "--data.init_args.batch_size=8",
+            "--data.init_args.num_workers=0",
+        ]
+    )
+    assert (tmp_path / "data" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+
+
+def test_resnet_cifar_config_fits_with_fast_dev_run(tmp_path, monkeypatch, cifar10_dir):
+    monkeypatch.chdir(tmp_path)
+    main(
+        [
+            "fit",
+            "--config",
+            str(EXPERIMENTS / "resnet_cifar.yaml"),
+            "--trainer.fast_dev_run=1",
+            "--trainer.accelerator=cpu",
+            "--data.init_args.data_dir",
+            str(cifar10_dir),
+            "--data.init_args.download=false",
+            "--data.init_args.batch_size=4",
+            "--data.init_args.num_workers=0",
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "flag",
+    ["--optimizer=torch.optim.Adam", "--lr_scheduler=torch.optim.lr_scheduler.ExponentialLR --lr_scheduler.gamma=0.9"],
+)
+def test_cli_optimizer_flags_are_refused_before_any_work(flag, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(
+            [
+                "fit",
+                "--config",
+                str(EXPERIMENTS / "fashion_mnist_quick.yaml"),
+                *flag.split(),
+                "--data.init_args.source_dir",
+                str(tmp_path / "nowhere"),
+            ]
+        )
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "is not supported: SSSModule builds one APG optimizer" in err
+    assert "model.init_args.lr" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_console_script_prints_config():
+    out = subprocess.run(
+        ["sss-lightning", "fit", "--config", str(EXPERIMENTS / "resnet_cifar.yaml"), "--print_config"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    ).stdout
+    assert "class_path: sss_lightning.SSSClassifier" in out
+    assert "arch: resnet56" in out and "gamma: 0.01" in out
+
+
+def test_python_dash_m_entry_point():
+    out = subprocess.run(
+        [sys.executable, "-m", "sss_lightning", "--help"], capture_output=True, text=True, check=True, cwd=REPO
+    ).stdout
+    assert "fit" in out and "validate" in out

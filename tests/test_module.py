@@ -1,0 +1,142 @@
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from sss_lightning import SSSClassifier, SSSModule
+from sss_lightning.data import SyntheticDataModule
+from sss_lightning.gates import ChannelGate, gate_parameters, sparsity
+from sss_lightning.models import CifarResNet
+from sss_lightning.optim import APG
+
+
+def tiny_net(**kwargs):
+    return CifarResNet(depth=8, width=4, num_classes=4, **kwargs)
+
+
+def fit(module, steps=30, **trainer_kwargs):
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **trainer_kwargs,
+    )
+    data = SyntheticDataModule(num_classes=4, image_size=8, train_size=128, batch_size=16)
+    trainer.fit(module, datamodule=data)
+    return trainer
+
+
+def test_two_groups_gates_only_in_gate_group_without_weight_decay():
+    module = SSSModule(tiny_net(), gamma=0.02, weight_decay=5e-4)
+    opt = APG(module.param_groups(), lr=0.1)
+    weights, gates = opt.param_groups
+    assert (weights["name"], gates["name"]) == ("weights", "gates")
+    gate_ids = {id(p) for p in gate_parameters(module.net)}
+    assert {id(p) for p in gates["params"]} == gate_ids
+    assert not gate_ids & {id(p) for p in weights["params"]}
+    assert len(weights["params"]) + len(gates["params"]) == len(list(module.net.parameters()))
+    assert (gates["weight_decay"], gates["gamma"], gates["nonnegative"], gates["mode"]) == (0.0, 0.02, True, "apg")
+    assert (weights["weight_decay"], weights["gamma"], weights["nonnegative"]) == (5e-4, 0.0, False)
+
+
+def test_paper_defaults():
+    hp = SSSModule(tiny_net()).hparams
+    assert (hp.lr, hp.momentum, hp.weight_decay) == (0.1, 0.9, 1e-4)
+    assert all(torch.all(p == 1.0) for p in gate_parameters(SSSModule(tiny_net()).net))
+
+
+@pytest.mark.parametrize("mode", ["apg", "ista"])
+def test_training_drives_gates_to_exact_zero_with_proximal_modes(mode):
+    module = SSSModule(tiny_net(), gamma=0.5, gate_mode=mode, schedule="constant")
+    fit(module)
+    gates = torch.cat([p.detach() for p in gate_parameters(module.net)])
+    assert (gates == 0).any(), gates
+    assert (gates >= 0).all()
+    assert sparsity(module.net)["overall"] > 0
+
+
+def test_sgd_baseline_shrinks_gates_but_gives_no_exact_zero():
+    module = SSSModule(tiny_net(), gamma=0.5, gate_mode="sgd", schedule="constant")
+    assert module.gate_nonnegative is False
+    fit(module)
+    gates = torch.cat([p.detach() for p in gate_parameters(module.net)])
+    assert not (gates == 0).any()
+    assert gates.abs().mean() < 1.0
+
+
+def test_step_schedule_decays_lr_of_both_groups():
+    module = SSSModule(tiny_net(), schedule="step", milestones=[1], lr_decay=0.1, gate_lr=0.05)
+    trainer = fit(module, steps=16)  # 8 batches per epoch: two epochs, one milestone
+    lrs = [g["lr"] for g in trainer.optimizers[0].param_groups]
+    assert lrs == pytest.approx([0.01, 0.005])
+
+
+def test_cosine_schedule_anneals_to_zero_over_the_run():
+    module = SSSModule(tiny_net(), schedule="cosine")
+    trainer = fit(module, steps=10)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_logs_loss_accuracy_and_sparsity():
+    module = SSSModule(tiny_net(), gamma=0.5)
+    trainer = fit(module, steps=8)
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "gates/overall", "gates/block", "gates/channel"):
+        assert key in trainer.callback_metrics, key
+
+
+def test_network_without_gates_is_refused():
+    with pytest.raises(ValueError, match="has no gates, so SSS has nothing to select"):
+        SSSModule(tiny_net(gates="none"))
+
+
+def test_missing_network_says_how_to_provide_one():
+    with pytest.raises(TypeError, match="pass net=<nn.Module with gates>, or subclass"):
+        SSSModule()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"lr": -0.1}, r"\(weights\): lr must be > 0"),
+        ({"gamma": -1.0}, r"\(gates\): gamma .* must be >= 0, got -1.0"),
+        ({"gamma": float("nan")}, "gamma must be a finite number, got nan"),
+        ({"momentum": 1.5}, "momentum must be in"),
+        ({"gate_mode": "adam"}, "mode must be one of"),
+        ({"schedule": "linear"}, "schedule must be"),
+        ({"schedule": "step", "milestones": [5, 2]}, "milestones must be a non-empty increasing"),
+    ],
+)
+def test_bad_hyperparameters_fail_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SSSModule(tiny_net(), **kwargs)
+
+
+class TinyMLP(SSSModule):
+    """A new architecture added by subclassing: build_network declares its own gates."""
+
+    def build_network(self) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 32), nn.ReLU(), ChannelGate(32), nn.Linear(32, 4))
+
+
+def test_subclass_with_build_network_trains_and_infers_num_classes():
+    module = TinyMLP(gamma=0.3)
+    assert module.val_acc.num_classes == 4
+    fit(module, steps=20)
+    assert (module.net[3].scale == 0).any()
+
+
+def test_sss_classifier_rebuilds_from_checkpoint(tmp_path):
+    module = SSSClassifier(arch="resnet20", num_classes=4, in_channels=3, gates="block", arch_kwargs={"width": 4})
+    trainer = L.Trainer(
+        max_steps=2, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path
+    )
+    trainer.fit(module, datamodule=SyntheticDataModule(num_classes=4, image_size=8, train_size=32, batch_size=16))
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = SSSClassifier.load_from_checkpoint(path)
+    assert loaded.hparams.arch == "resnet20" and loaded.hparams.gates == "block"
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(loaded.eval()(x), module.eval()(x))

@@ -12,8 +12,6 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from ..gates import BlockGate
-
 GateSpec = Literal["block", "channel", "both", "none"]
 GATE_SPECS: tuple[str, ...] = ("block", "channel", "both", "none")
 

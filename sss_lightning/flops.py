@@ -1,0 +1,119 @@
+"""FLOPs with fvcore: MACs and parameters of a model, and a before/after table for surgery.
+
+fvcore counts one "flop" per fused multiply-add of a conv, linear or matmul; that is what we report, and
+we call it **MACs**. Only those ops are counted: BN (folded into the conv at deployment), activations,
+pooling, the gates' multiplies and the residual adds are ignored on purpose, so fvcore has no
+unsupported-op warnings to print and a gated model and its pruned copy are counted alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from fvcore.nn.jit_analysis import JitModelAnalysis
+from fvcore.nn.jit_handles import (
+    addmm_flop_jit,
+    bmm_flop_jit,
+    conv_flop_jit,
+    einsum_flop_jit,
+    linear_flop_jit,
+    matmul_flop_jit,
+)
+from torch import nn
+
+__all__ = ["FlopReport", "count_flops", "format_comparison", "comparison_dict"]
+
+# fvcore's own handles for the fused multiply-add ops (those of FlopCountAnalysis), and no others.
+_MAC_HANDLES = {
+    "aten::_convolution": conv_flop_jit,
+    "aten::addmm": addmm_flop_jit,
+    "aten::bmm": bmm_flop_jit,
+    "aten::einsum": einsum_flop_jit,
+    "aten::linear": linear_flop_jit,
+    "aten::matmul": matmul_flop_jit,
+    "aten::mm": matmul_flop_jit,
+}
+
+
+@dataclass(frozen=True)
+class FlopReport:
+    """MACs and parameters of a model for one input size, with MACs per top-level child ("stage")."""
+
+    macs: int
+    params: int
+    input_size: tuple[int, ...]
+    stages: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self, prefix: str = "") -> dict[str, float]:
+        """Flat numbers for a logger: ``{prefix}macs``, ``{prefix}params``, ``{prefix}macs/<stage>``."""
+        out = {f"{prefix}macs": float(self.macs), f"{prefix}params": float(self.params)}
+        out.update({f"{prefix}macs/{name}": float(v) for name, v in self.stages.items()})
+        return out
+
+
+def _input_size(input_size: Sequence[int]) -> tuple[int, ...]:
+    size = tuple(int(s) for s in input_size)
+    if len(size) < 2 or any(s < 1 for s in size):
+        raise ValueError(f"input_size must be (C, H, W) or (N, C, H, W) with positive sizes, got {tuple(input_size)}")
+    return size if len(size) == 4 else (1, *size)
+
+
+def count_flops(model: nn.Module, input_size: Sequence[int]) -> FlopReport:
+    """Count MACs (batch 1 unless ``input_size`` has a batch dim) and parameters of ``model`` in eval mode."""
+    size = _input_size(input_size)
+    param = next(model.parameters(), None)
+    x = torch.zeros(size, dtype=param.dtype if param is not None else torch.float32,
+                    device=param.device if param is not None else None)  # fmt: skip
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            try:
+                model(x)
+            except RuntimeError as err:
+                raise ValueError(
+                    f"input_size {size[1:]} does not fit {type(model).__name__}: {str(err).splitlines()[0]}. "
+                    "Pass the (C, H, W) of one training image, e.g. (1, 28, 28) for Fashion-MNIST"
+                ) from err
+            analysis = JitModelAnalysis(model, (x,)).set_op_handle(**_MAC_HANDLES)
+            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+            by_module = analysis.by_module()
+            total = analysis.total()
+    finally:
+        model.train(was_training)
+    stages = {name: int(by_module.get(name, 0)) for name, _ in model.named_children()}
+    params = sum(p.numel() for p in model.parameters())
+    return FlopReport(macs=int(total), params=params, input_size=size[1:], stages=stages)
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def format_comparison(
+    before: FlopReport, after: FlopReport, extra: dict[str, tuple[float, float]] | None = None
+) -> str:
+    """A Markdown table: MACs (total and per stage), params and any ``extra`` rows, before/after/ratio."""
+    rows: list[tuple[str, float, float, bool]] = [("MACs", before.macs, after.macs, True)]
+    rows += [(f"  MACs {name}", before.stages[name], after.stages.get(name, 0), True) for name in before.stages]
+    rows.append(("params", before.params, after.params, True))
+    rows += [(name, b, a, False) for name, (b, a) in (extra or {}).items()]
+    lines = ["| | gated | pruned | pruned/gated |", "|---|---:|---:|---:|"]
+    for name, b, a, human in rows:
+        ratio = f"{a / b:.3f}" if b else "-"
+        fmt = _human if human else (lambda v: f"{v:.4f}")
+        lines.append(f"| {name} | {fmt(b)} | {fmt(a)} | {ratio} |")
+    return "\n".join(lines)
+
+
+def comparison_dict(before: FlopReport, after: FlopReport) -> dict[str, float]:
+    """Before/after numbers for a logger, with the reductions as fractions."""
+    out = {**before.as_dict("gated/"), **after.as_dict("pruned/")}
+    out["macs_reduction"] = 1.0 - after.macs / before.macs if before.macs else 0.0
+    out["params_reduction"] = 1.0 - after.params / before.params if before.params else 0.0
+    return out

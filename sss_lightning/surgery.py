@@ -1,0 +1,395 @@
+"""Structural surgery: a gated network -> a physically smaller network with the same eval outputs.
+
+How structures are found (what depends on what) is kept apart from how a layer is cut (the ``cut_*``
+primitives), as in Torch-Pruning, but without tracing: gates declare what they control by *where they
+sit*, which is why one code path serves every architecture built from these two shapes:
+
+* an ``nn.Sequential`` holding a :class:`~sss_lightning.gates.ChannelGate` or
+  :class:`~sss_lightning.gates.GroupGate`: the gate indexes the channels of the nearest conv/linear
+  before it (its *producer*, with the BNs in between and any depthwise or grouped conv, whose input
+  channels are cut together with their output) and the input of the first conv/linear after it (its
+  *consumer*; only zero-preserving, positively homogeneous layers such as ReLU, pooling, dropout and
+  flatten may stand between). Zero gates cut the channels from producer and consumer; non-zero gates
+  are folded into the consumer's input weights.
+* a :class:`~sss_lightning.models.blocks.GatedResidual`: a zero :class:`~sss_lightning.gates.BlockGate`
+  removes the branch (the block becomes its shortcut); a non-zero one is folded into the branch's last
+  BN/conv. A branch whose inner channels are all cut becomes the constant it outputs.
+
+A module with another shape plugs in by defining ``sss_prune(self) -> nn.Module`` (it may call
+:func:`prune_sequential` and the ``cut_*`` primitives); surgery calls it instead of descending into it.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .gates import Gate, GroupGate, iter_gates
+from .models.blocks import GatedResidual
+
+__all__ = [
+    "SurgeryError",
+    "prune",
+    "prune_sequential",
+    "cut_conv",
+    "cut_batchnorm",
+    "cut_linear",
+    "scale_inputs",
+]
+
+# Channel-wise layers that never mix channels: the producer walk passes through them.
+_CHANNELWISE = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid,
+    nn.Sigmoid, nn.Tanh, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout2d,
+    nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
+)  # fmt: skip
+# Layers with f(0) = 0 and f(g*h) = g*f(h) for g >= 0: a gate may be folded across them to its consumer.
+_HOMOGENEOUS = (
+    nn.ReLU, nn.Identity, nn.Dropout, nn.Dropout2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+)  # fmt: skip
+_SIGN_SENSITIVE = (nn.ReLU, nn.MaxPool2d, nn.AdaptiveMaxPool2d)
+
+
+class SurgeryError(ValueError):
+    """The model cannot be cut as its gates ask; the message names the module and what to change."""
+
+
+# --------------------------------------------------------------------------------------------------
+# How a layer is cut
+# --------------------------------------------------------------------------------------------------
+
+
+def _index(mask: Tensor) -> Tensor:
+    return mask.nonzero().flatten()
+
+
+def cut_conv(conv: nn.Conv2d, out_keep: Tensor | None = None, in_keep: Tensor | None = None) -> nn.Conv2d:
+    """A new ``Conv2d`` keeping the output/input channels where the boolean masks are True.
+
+    For a grouped conv both masks must keep whole groups and agree on which groups survive (a
+    depthwise conv has one channel per group); ``groups`` shrinks to the surviving count.
+    """
+    groups = conv.groups
+    out_keep = torch.ones(conv.out_channels, dtype=torch.bool) if out_keep is None else out_keep.cpu()
+    in_keep = torch.ones(conv.in_channels, dtype=torch.bool) if in_keep is None else in_keep.cpu()
+    weight = conv.weight.detach()
+    if groups == 1:
+        weight = weight[_index(out_keep)][:, _index(in_keep)]
+        new_groups = 1
+    else:
+        group_out = out_keep.view(groups, -1)
+        group_in = in_keep.view(groups, -1)
+        alive = group_out.all(1)
+        if not (torch.equal(alive, group_out.any(1)) and torch.equal(alive, group_in.all(1))
+                and torch.equal(alive, group_in.any(1))):  # fmt: skip
+            raise SurgeryError(
+                f"a grouped conv ({conv}) can only lose whole groups, the same ones on input and output; "
+                "gate it with GroupGate(groups) instead of per-channel gates"
+            )
+        weight = weight[_index(out_keep)]
+        new_groups = int(alive.sum())
+    new = nn.Conv2d(
+        int(in_keep.sum()), int(out_keep.sum()), conv.kernel_size, stride=conv.stride, padding=conv.padding,
+        dilation=conv.dilation, groups=max(new_groups, 1), bias=conv.bias is not None, padding_mode=conv.padding_mode,
+    ).to(weight)  # fmt: skip
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias.detach()[_index(out_keep)])
+    new.train(conv.training)
+    return new
+
+
+def cut_batchnorm(bn: _BatchNorm, keep: Tensor) -> _BatchNorm:
+    """A new BN of the same class keeping the channels where ``keep`` is True (affine and running stats)."""
+    idx = _index(keep.cpu())
+    new = type(bn)(len(idx), eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
+                   track_running_stats=bn.track_running_stats)  # fmt: skip
+    new = new.to(bn.weight if bn.affine else bn.running_mean)
+    with torch.no_grad():
+        if bn.affine:
+            new.weight.copy_(bn.weight[idx])
+            new.bias.copy_(bn.bias[idx])
+        if bn.track_running_stats:
+            new.running_mean.copy_(bn.running_mean[idx])
+            new.running_var.copy_(bn.running_var[idx])
+            new.num_batches_tracked.copy_(bn.num_batches_tracked)
+    new.train(bn.training)
+    return new
+
+
+def cut_linear(linear: nn.Linear, out_keep: Tensor | None = None, in_keep: Tensor | None = None) -> nn.Linear:
+    """A new ``Linear`` keeping the output rows / input columns where the masks are True."""
+    weight = linear.weight.detach()
+    if out_keep is not None:
+        weight = weight[_index(out_keep.cpu())]
+    if in_keep is not None:
+        weight = weight[:, _index(in_keep.cpu())]
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=linear.bias is not None).to(weight)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if linear.bias is not None:
+            bias = linear.bias.detach()
+            new.bias.copy_(bias if out_keep is None else bias[_index(out_keep.cpu())])
+    new.train(linear.training)
+    return new
+
+
+def scale_inputs(layer: nn.Conv2d | nn.Linear, scale: Tensor) -> None:
+    """Multiply ``layer``'s weights per input channel in place: ``layer(x * s) == layer'(x)``.
+
+    For a ``Linear`` after a flatten, each channel owns ``in_features / len(scale)`` contiguous columns.
+    """
+    with torch.no_grad():
+        if isinstance(layer, nn.Linear):
+            per_channel = layer.in_features // scale.numel()
+            layer.weight.mul_(scale.repeat_interleave(per_channel).to(layer.weight).view(1, -1))
+        else:
+            groups = layer.groups
+            w = layer.weight.view(groups, layer.out_channels // groups, layer.in_channels // groups, -1)
+            w.mul_(scale.to(w).view(groups, 1, -1, 1))
+
+
+def _scale_outputs(layer: nn.Module, factor: Tensor, where: str) -> None:
+    """Fold a scalar block gate into the last affine layer of a branch: ``g * layer(x) == layer'(x)``."""
+    with torch.no_grad():
+        if isinstance(layer, _BatchNorm) and layer.affine:
+            layer.weight.mul_(factor)
+            layer.bias.mul_(factor)
+        elif isinstance(layer, (nn.Conv2d, nn.Linear)):
+            layer.weight.mul_(factor)
+            if layer.bias is not None:
+                layer.bias.mul_(factor)
+        else:
+            raise SurgeryError(
+                f"{where}: the block gate can only be folded into a final affine BN, conv or linear of the "
+                f"branch, found {type(layer).__name__}; end the branch with one of those"
+            )
+
+
+# --------------------------------------------------------------------------------------------------
+# What depends on what: gates in an nn.Sequential
+# --------------------------------------------------------------------------------------------------
+
+
+def _channel_scale(gate: Gate, channels: int | None) -> Tensor:
+    """The gate as one factor per channel (a group gate repeats its factor over the group's channels)."""
+    scale = gate.scale.detach()
+    if isinstance(gate, GroupGate):
+        if channels is None or channels % scale.numel():
+            raise SurgeryError(f"GroupGate({scale.numel()}) needs a channel count divisible by it, got {channels}")
+        scale = scale.repeat_interleave(channels // scale.numel())
+    return scale
+
+
+def _producer_channels(layers: list[nn.Module], i: int) -> int | None:
+    for m in reversed(layers[:i]):
+        if isinstance(m, nn.Conv2d):
+            return m.out_channels
+        if isinstance(m, nn.Linear):
+            return m.out_features
+        if isinstance(m, _BatchNorm):
+            return m.num_features
+    return None
+
+
+def _cut_producers(layers: list[nn.Module], i: int, keep: Tensor, where: str) -> None:
+    """Cut ``keep``'s False channels from every layer before the gate at ``i`` that produces them."""
+    for k in range(i - 1, -1, -1):
+        m = layers[k]
+        if isinstance(m, _BatchNorm):
+            layers[k] = cut_batchnorm(m, keep)
+        elif isinstance(m, Gate):
+            group_keep = keep.view(m.num_structures, -1).all(1) if isinstance(m, GroupGate) else keep
+            layers[k] = _cut_gate(m, group_keep)
+        elif isinstance(m, nn.Conv2d):
+            if m.groups == 1:
+                layers[k] = cut_conv(m, out_keep=keep)
+                return
+            # Depthwise/grouped: a group's inputs only feed that group, so they go too, and so do the
+            # channels that produce them further back.
+            in_keep = keep.view(m.groups, -1).all(1).repeat_interleave(m.in_channels // m.groups)
+            layers[k] = cut_conv(m, out_keep=keep, in_keep=in_keep)
+            keep = in_keep
+        elif isinstance(m, nn.Linear):
+            layers[k] = cut_linear(m, out_keep=keep)
+            return
+        elif not isinstance(m, _CHANNELWISE):
+            raise SurgeryError(
+                f"{where}: cannot cut channels through {type(m).__name__} at position {k}; between a gate and "
+                "the conv/linear producing its channels only BN and channel-wise layers may stand"
+            )
+    raise SurgeryError(
+        f"{where}: no conv/linear before the gate produces its channels (the sequence's input cannot be cut; "
+        "its channels belong to the layer before it)"
+    )
+
+
+def _cut_gate(gate: Gate, keep: Tensor) -> Gate:
+    new = copy.deepcopy(gate)
+    new.scale = nn.Parameter(gate.scale.detach()[_index(keep.cpu())].clone())
+    return new
+
+
+def _find_consumer(layers: list[nn.Module], i: int, scale: Tensor, where: str) -> int:
+    for j in range(i + 1, len(layers)):
+        m = layers[j]
+        if isinstance(m, nn.Conv2d):
+            if m.groups != 1:
+                raise SurgeryError(
+                    f"{where}: the gate's consumer is a grouped/depthwise conv; put the gate after it (the "
+                    "depthwise conv is then cut together with its producer)"
+                )
+            return j
+        if isinstance(m, nn.Linear):
+            return j
+        if isinstance(m, _SIGN_SENSITIVE) and (scale < 0).any():
+            raise SurgeryError(
+                f"{where}: a negative gate cannot be folded across {type(m).__name__}; train gates with "
+                "nonnegative=True (the default for apg/ista)"
+            )
+        if not isinstance(m, (*_HOMOGENEOUS, nn.Flatten)):
+            raise SurgeryError(
+                f"{where}: {type(m).__name__} between the gate and the next conv/linear does not map a zero "
+                "channel to zero (or a scaled channel to a scaled one); place the gate right before its consumer"
+            )
+    raise SurgeryError(f"{where}: no conv/linear after the gate consumes its channels in the same nn.Sequential")
+
+
+def _cut_consumer(layer: nn.Conv2d | nn.Linear, keep: Tensor, scale: Tensor, where: str) -> nn.Module:
+    channels = keep.numel()
+    if isinstance(layer, nn.Linear):
+        if layer.in_features % channels:
+            raise SurgeryError(f"{where}: Linear({layer.in_features}) input is not a multiple of {channels} channels")
+        per_channel = layer.in_features // channels
+        new = cut_linear(layer, in_keep=keep.repeat_interleave(per_channel))
+    else:
+        if layer.in_channels != channels:
+            raise SurgeryError(f"{where}: the gate has {channels} channels but its consumer takes {layer.in_channels}")
+        new = cut_conv(layer, in_keep=keep)
+    scale_inputs(new, scale[_index(keep.cpu())])
+    return new
+
+
+@torch.no_grad()
+def _constant_output(layers: list[nn.Module], channels: int, where: str) -> Tensor:
+    """What ``layers`` output (one value per channel) when their input is all zeros."""
+    v = torch.zeros(1, channels, 1, 1, dtype=layers[0].weight.dtype, device=layers[0].weight.device)
+    for m in layers:
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            w = m.weight.detach()
+            zero = not v.any()
+            if isinstance(m, nn.Conv2d) and not zero and (m.kernel_size != (1, 1) or m.groups != 1):
+                raise SurgeryError(
+                    f"{where}: a branch emptied by zero gates feeds a constant into a "
+                    f"{m.kernel_size} conv, whose output is not constant at the borders; gate it differently"
+                )
+            out = w.new_zeros(w.shape[0]) if zero else w.reshape(w.shape[0], -1) @ v.flatten()
+            if m.bias is not None:
+                out = out + m.bias.detach()
+            v = out.view(1, -1, 1, 1)
+        elif isinstance(m, (nn.Flatten, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+            continue  # a spatially constant map stays constant
+        else:
+            v = copy.deepcopy(m).eval()(v)
+    return v.flatten()
+
+
+def prune_sequential(seq: nn.Sequential, *, allow_constant: bool = False, where: str = "") -> nn.Module | Tensor:
+    """Cut the channels behind the zero gates of ``seq`` and fold the others; gates become ``nn.Identity``.
+
+    Returns the new ``nn.Sequential``, or, when a gate zeroes all its channels and ``allow_constant``,
+    the constant (one value per output channel) that the sequence then outputs for every input.
+    Without ``allow_constant`` such a layer keeps one channel, whose weights are zero (exact, minimal).
+    """
+    where = where or "nn.Sequential"
+    layers = list(seq)
+    for i, gate in enumerate(layers):
+        if not isinstance(gate, Gate):
+            continue
+        here = f"{where}[{i}] ({type(gate).__name__})"
+        channels = _producer_channels(layers, i)
+        scale = _channel_scale(gate, channels)
+        keep = scale != 0
+        j = _find_consumer(layers, i, scale, here)
+        if not keep.any():
+            consumer = layers[j]
+            if allow_constant:
+                width = consumer.in_channels if isinstance(consumer, nn.Conv2d) else scale.numel()
+                return _constant_output(layers[j:], width, here)
+            keep = torch.zeros_like(keep)
+            keep[0] = True  # the narrowest layer left: one channel, zeroed by its gate in the consumer
+        if not keep.all():
+            _cut_producers(layers, i, keep, here)
+        layers[j] = _cut_consumer(layers[j], keep, scale, here)
+        layers[i] = nn.Identity()
+    return nn.Sequential(*layers)
+
+
+# --------------------------------------------------------------------------------------------------
+# Walking a model
+# --------------------------------------------------------------------------------------------------
+
+
+def _prune_residual(block: GatedResidual, where: str) -> GatedResidual:
+    factor = block.gate.scale.detach() if isinstance(block.gate, Gate) else None
+    shortcut = _prune_module(block.shortcut, f"{where}.shortcut")
+    if factor is not None and not factor.any():
+        return GatedResidual(None, shortcut=shortcut, post_act=block.post_act)
+    if not isinstance(block.branch, nn.Sequential):
+        raise SurgeryError(f"{where}: GatedResidual.branch must be an nn.Sequential, got {type(block.branch).__name__}")
+    branch = _prune_non_gates(block.branch, f"{where}.branch")
+    result = prune_sequential(branch, allow_constant=True, where=f"{where}.branch")
+    bias = block.branch_bias
+    if isinstance(result, Tensor):
+        const = result if factor is None else result * factor
+        bias = const if bias is None else bias + const
+        return GatedResidual(None, shortcut=shortcut, post_act=block.post_act, branch_bias=bias)
+    if factor is not None:
+        last = next((m for m in reversed(result) if not isinstance(m, nn.Identity)), None)
+        _scale_outputs(last, factor, f"{where}.branch")
+    return GatedResidual(result, shortcut=shortcut, post_act=block.post_act, branch_bias=bias)
+
+
+def _prune_children(module: nn.Module, where: str) -> nn.Module:
+    for name, child in module.named_children():
+        setattr(module, name, _prune_module(child, f"{where}.{name}" if where else name))
+    return module
+
+
+def _prune_module(module: nn.Module, where: str) -> nn.Module:
+    if hasattr(module, "sss_prune"):
+        return module.sss_prune()
+    if isinstance(module, GatedResidual):
+        return _prune_residual(module, where or "model")
+    if isinstance(module, Gate):
+        raise SurgeryError(
+            f"the {type(module).__name__} at {where or 'model'} is not inside an nn.Sequential or GatedResidual, "
+            "so surgery cannot tell which layers it controls; put it in one, or give its owner an "
+            "sss_prune() method"
+        )
+    if isinstance(module, nn.Sequential) and any(isinstance(m, Gate) for m in module):
+        return prune_sequential(_prune_non_gates(module, where), where=where or "model")
+    return _prune_children(module, where)
+
+
+def _prune_non_gates(seq: nn.Sequential, where: str) -> nn.Sequential:
+    """``seq`` with its non-gate members pruned (nested blocks); its own gates are left for the caller."""
+    return nn.Sequential(*[m if isinstance(m, Gate) else _prune_module(m, f"{where}.{i}") for i, m in enumerate(seq)])
+
+
+def prune(model: nn.Module) -> nn.Module:
+    """Return a new, physically smaller copy of ``model`` without its zero-gated structures.
+
+    The input is never modified. Non-zero gates are folded into adjacent weights, so the result has no
+    gate modules; its eval-mode outputs equal the gated model's up to float rounding.
+    """
+    pruned = _prune_module(copy.deepcopy(model), "")
+    left = [info.name for info in iter_gates(pruned)]
+    if left:
+        raise SurgeryError(f"gates left after surgery at {left}; their owners' sss_prune() must remove them")
+    return pruned

@@ -1,0 +1,247 @@
+"""Surgery: the pruned model is smaller, has no gates, and its eval outputs equal the gated model's."""
+
+import copy
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from sss_lightning.gates import BlockGate, ChannelGate, Gate, GroupGate, iter_gates
+from sss_lightning.models import CifarResNet, GatedResidual, build_model
+from sss_lightning.surgery import SurgeryError, prune
+
+
+def randomize_bn(model: nn.Module, gen: torch.Generator) -> None:
+    """Random running statistics and affine parameters, so BN shifts are non-trivial everywhere."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=gen))
+                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=gen))
+
+
+def set_gates(model: nn.Module, pattern: str, gen: torch.Generator, p_zero: float = 0.5) -> None:
+    with torch.no_grad():
+        for info in iter_gates(model):
+            s = info.module.scale
+            if pattern == "ones":
+                s.fill_(1.0)
+            elif pattern == "zeros":
+                s.zero_()
+            else:
+                values = torch.rand(s.shape, generator=gen) * 2
+                s.copy_(torch.where(torch.rand(s.shape, generator=gen) < p_zero, 0.0, values))
+
+
+def assert_same_outputs(gated: nn.Module, pruned: nn.Module, x: torch.Tensor) -> None:
+    gated.eval(), pruned.eval()
+    with torch.no_grad():
+        a, b = gated(x), pruned(x)
+    assert a.shape == b.shape
+    scale = max(1.0, a.abs().max().item())
+    assert (a - b).abs().max().item() <= 1e-4 * scale, (a - b).abs().max()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    depth=st.sampled_from([8, 11, 14]),
+    gates=st.sampled_from(["block", "channel", "both"]),
+    pattern=st.sampled_from(["random", "random", "random", "ones", "zeros"]),
+    p_zero=st.floats(0.1, 0.9),
+    size=st.sampled_from([8, 9, 16]),
+    seed=st.integers(0, 2**16),
+)
+def test_cifar_resnet_surgery_is_exact(depth, gates, pattern, p_zero, size, seed):
+    gen = torch.Generator().manual_seed(seed)
+    block = "bottleneck" if depth == 11 else "basic"
+    torch.manual_seed(seed)
+    model = CifarResNet(depth=depth, block=block, width=4, num_classes=5, gates=gates)
+    randomize_bn(model, gen)
+    set_gates(model, pattern, gen, p_zero)
+    pruned = prune(model)
+    assert not list(iter_gates(pruned))
+    assert_same_outputs(model, pruned, torch.randn(3, 3, size, size, generator=gen))
+    n_before = sum(p.numel() for p in model.parameters())
+    n_after = sum(p.numel() for p in pruned.parameters())
+    scales = torch.cat([info.module.scale.detach() for info in iter_gates(model)])
+    if (scales == 0).any():  # zero gates remove weights beyond the gate factors themselves
+        assert n_after < n_before - scales.numel()
+    else:  # only the folded gate factors disappear
+        assert n_after == n_before - scales.numel()
+
+
+def test_prune_never_modifies_its_input():
+    gen = torch.Generator().manual_seed(0)
+    model = build_model("resnet20", width=4, gates="both")
+    set_gates(model, "random", gen)
+    before = copy.deepcopy(model.state_dict())
+    prune(model)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert len(list(iter_gates(model))) == 18
+
+
+def test_zero_block_gate_removes_the_branch_and_keeps_the_projection():
+    model = CifarResNet(depth=8, width=4, gates="block")
+    with torch.no_grad():
+        model.layer2[0].gate.scale.zero_()  # a downsampling block: its shortcut is a projection
+    pruned = prune(model)
+    assert pruned.layer2[0].branch is None
+    assert isinstance(pruned.layer2[0].shortcut[0], nn.Conv2d)
+    assert_same_outputs(model, pruned, torch.randn(2, 3, 8, 8))
+
+
+def test_branch_with_all_channels_cut_becomes_its_constant_bn_shift_times_gate():
+    gen = torch.Generator().manual_seed(1)
+    model = CifarResNet(depth=8, width=4, gates="both")
+    randomize_bn(model, gen)
+    with torch.no_grad():
+        model.layer1[0].branch[3].scale.zero_()  # every inner channel of the block
+        model.layer1[0].gate.scale.fill_(0.7)
+    pruned = prune(model)
+    block = pruned.layer1[0]
+    assert block.branch is None and block.branch_bias is not None
+    bn = model.layer1[0].branch[5]
+    shift = bn.bias - bn.running_mean * bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    torch.testing.assert_close(block.branch_bias, 0.7 * shift.detach())
+    assert_same_outputs(model, pruned, torch.randn(2, 3, 8, 8))
+
+
+def test_channel_cut_shrinks_producer_bn_and_consumer():
+    model = CifarResNet(depth=8, width=8, gates="channel")
+    with torch.no_grad():
+        model.layer1[0].branch[3].scale[:5] = 0
+    block = prune(model).layer1[0].branch
+    assert block[0].out_channels == 3 and block[1].num_features == 3 and block[4].in_channels == 3
+    assert isinstance(block[3], nn.Identity)
+
+
+def vgg_like() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), ChannelGate(8), nn.MaxPool2d(2),
+        nn.Conv2d(8, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), ChannelGate(6),
+        nn.Flatten(), nn.Linear(6 * 4 * 4, 5),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("pattern", ["random", "zeros", "ones"])
+def test_plain_sequential_channels_with_pooling_and_flatten(pattern):
+    gen = torch.Generator().manual_seed(2)
+    model = vgg_like()
+    randomize_bn(model, gen)
+    set_gates(model, pattern, gen)
+    pruned = prune(model)
+    assert_same_outputs(model, pruned, torch.randn(4, 3, 8, 8, generator=gen))
+    if pattern == "zeros":  # an emptied layer of a plain network keeps one (zero-weighted) channel
+        assert pruned[0].out_channels == 1 and pruned[10].in_features == 16
+
+
+def inverted_residual(channels: int = 4, expand: int = 12) -> GatedResidual:
+    """MobileNet-v2 style: the gate on the expanded width sits after the depthwise conv."""
+    branch = nn.Sequential(
+        nn.Conv2d(channels, expand, 1, bias=False), nn.BatchNorm2d(expand), nn.ReLU6(),
+        nn.Conv2d(expand, expand, 3, padding=1, groups=expand, bias=False), nn.BatchNorm2d(expand), nn.ReLU(),
+        ChannelGate(expand), nn.Conv2d(expand, channels, 1, bias=False), nn.BatchNorm2d(channels),
+    )  # fmt: skip
+    return GatedResidual(branch, gate=BlockGate())
+
+
+def test_depthwise_conv_is_cut_together_with_its_producer():
+    gen = torch.Generator().manual_seed(3)
+    model = nn.Sequential(inverted_residual(), inverted_residual())
+    randomize_bn(model, gen)
+    set_gates(model, "random", gen, p_zero=0.5)
+    with torch.no_grad():
+        model[0].branch[6].scale.copy_(torch.tensor([0.0, 1.0] * 6))
+        model[0].gate.scale.fill_(0.5)
+    pruned = prune(model)
+    dw = pruned[0].branch[3]
+    assert (dw.in_channels, dw.out_channels, dw.groups) == (6, 6, 6)
+    assert pruned[0].branch[0].out_channels == 6
+    assert_same_outputs(model, pruned, torch.randn(2, 4, 7, 7, generator=gen))
+
+
+def resnext_block(channels: int = 8, width: int = 12, groups: int = 4) -> GatedResidual:
+    branch = nn.Sequential(
+        nn.Conv2d(channels, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1, groups=groups, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+        GroupGate(groups), nn.Conv2d(width, channels, 1, bias=False), nn.BatchNorm2d(channels),
+    )  # fmt: skip
+    return GatedResidual(branch, gate=BlockGate(), post_act=nn.ReLU())
+
+
+def test_group_gates_remove_whole_groups_and_their_inputs():
+    gen = torch.Generator().manual_seed(4)
+    model = resnext_block()
+    randomize_bn(model, gen)
+    with torch.no_grad():
+        model.branch[6].scale.copy_(torch.tensor([0.0, 0.5, 0.0, 2.0]))
+    pruned = prune(model)
+    grouped = pruned.branch[3]
+    assert (grouped.in_channels, grouped.out_channels, grouped.groups) == (6, 6, 2)
+    assert pruned.branch[0].out_channels == 6 and pruned.branch[7].in_channels == 6
+    assert_same_outputs(model, pruned, torch.randn(2, 8, 6, 6, generator=gen))
+
+
+class NotASequential(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.gate, self.fc = nn.Conv2d(3, 4, 3), ChannelGate(4), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.fc(self.gate(self.conv(x)))
+
+
+def test_gate_outside_a_sequential_says_where_and_what_to_do():
+    with pytest.raises(SurgeryError, match=r"ChannelGate at gate is not inside an nn.Sequential .* sss_prune"):
+        prune(NotASequential())
+
+
+class OwnSurgery(NotASequential):
+    """The protocol: a module with sss_prune() tells surgery how it is cut."""
+
+    def sss_prune(self) -> nn.Module:
+        from sss_lightning.surgery import prune_sequential
+
+        return prune_sequential(nn.Sequential(self.conv, self.gate, self.fc))
+
+
+def test_modules_with_sss_prune_plug_in_without_touching_the_core():
+    model = nn.Sequential(OwnSurgery())
+    with torch.no_grad():
+        model[0].gate.scale.copy_(torch.tensor([0.0, 2.0, 0.0, 1.0]))
+    pruned = prune(model)
+    assert pruned[0][0].out_channels == 2
+    assert_same_outputs(model, pruned, torch.randn(2, 3, 6, 6))
+
+
+@pytest.mark.parametrize(
+    "layers, message",
+    [
+        (lambda: [nn.Conv2d(3, 4, 1), ChannelGate(4), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1)],
+         "BatchNorm2d between the gate and the next conv/linear does not map a zero"),
+        (lambda: [nn.Conv2d(3, 4, 1), ChannelGate(4)], "no conv/linear after the gate consumes"),
+        (lambda: [ChannelGate(3), nn.Conv2d(3, 2, 1)], "no conv/linear before the gate produces"),
+        (lambda: [nn.Conv2d(4, 4, 3, groups=2), ChannelGate(4), nn.Conv2d(4, 2, 1)],
+         "can only lose whole groups"),
+    ],
+)  # fmt: skip
+def test_unsupported_gate_placements_raise_clear_errors(layers, message):
+    model = nn.Sequential(*layers())
+    with torch.no_grad():
+        next(m for m in model if isinstance(m, Gate)).scale[0] = 0
+    with pytest.raises(SurgeryError, match=message):
+        prune(model)
+
+
+def test_negative_gate_cannot_cross_a_relu():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), ChannelGate(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    with torch.no_grad():
+        model[1].scale[0] = -1.0
+    with pytest.raises(SurgeryError, match="negative gate cannot be folded across ReLU"):
+        prune(model)

@@ -25,7 +25,10 @@ def format_summary(metrics: dict[str, float], gate_summary: dict[str, float]) ->
 
 
 class FitSummary(Callback):
-    """Prints (rank zero) the last validation metrics and the gate sparsity per kind after ``fit``."""
+    """Prints (rank zero) the last validation metrics and the gate sparsity per kind when training ends.
+
+    It runs at ``on_train_end``, before any ``on_fit_end`` surgery replaces the gated network.
+    """
 
     def __init__(self, prefixes: tuple[str, ...] = ("val/",)) -> None:
         if isinstance(prefixes, str):
@@ -33,6 +36,6 @@ class FitSummary(Callback):
         self.prefixes = tuple(prefixes)
 
     @override
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(self.prefixes)}
         rank_zero_info(format_summary(metrics, sparsity(pl_module)))

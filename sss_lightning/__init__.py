@@ -1,9 +1,12 @@
 """sss-lightning: Sparse Structure Selection (Huang & Wang, ECCV 2018) for PyTorch Lightning."""
 
+from .flops import count_flops
 from .gates import BlockGate, ChannelGate, Gate, GroupGate, gate_parameters, iter_gates, sparsity
+from .io import load_pruned, save_pruned
 from .models import build_model, list_models, register_model
 from .module import SSSClassifier, SSSModule
 from .optim import APG
+from .surgery import prune
 
 __version__ = "0.1.0"
 
@@ -16,6 +19,10 @@ __all__ = [
     "SSSClassifier",
     "SSSModule",
     "build_model",
+    "count_flops",
+    "load_pruned",
+    "prune",
+    "save_pruned",
     "gate_parameters",
     "iter_gates",
     "list_models",

@@ -1,22 +1,29 @@
 """Command line: ``sss-lightning fit --config experiments/fashion_mnist_quick.yaml``.
 
-A LightningCLI whose model is any :class:`~sss_lightning.module.SSSModule` subclass and whose data is
-any LightningDataModule, both chosen by ``class_path`` in YAML. LightningCLI's ``--optimizer`` and
-``--lr_scheduler`` would silently replace the two-group APG set-up that SSS depends on, so they are
-refused with an error that says which model arguments to set instead.
+``fit``/``validate``/``test``/``predict`` are a LightningCLI whose model is any
+:class:`~sss_lightning.module.SSSModule` subclass and whose data is any LightningDataModule, both chosen
+by ``class_path`` in YAML; ``prune`` turns a training checkpoint into a pruned model file.
+LightningCLI's ``--optimizer`` and ``--lr_scheduler`` would silently replace the two-group APG set-up
+that SSS depends on, so they are refused with an error that says which model arguments to set instead.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
+import lightning as L
+from jsonargparse import ArgumentParser
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
-from .module import SSSModule
+from .flops import count_flops, format_comparison
+from .io import save_pruned
+from .module import SSSModule, load_sss_checkpoint
+from .surgery import prune
 
-__all__ = ["SSSLightningCLI", "ConfigError", "main"]
+__all__ = ["SSSLightningCLI", "ConfigError", "main", "prune_command"]
 
 
 class ConfigError(ValueError):
@@ -51,10 +58,50 @@ class SSSLightningCLI(LightningCLI):
                 )
 
 
+def prune_command(argv: list[str]) -> Path:
+    """``sss-lightning prune --ckpt last.ckpt --out pruned.pt``: surgery on a training checkpoint."""
+    parser = ArgumentParser(prog="sss-lightning prune", description=prune_command.__doc__, default_env=False)
+    parser.add_argument("--ckpt", type=str, required=True, help="Lightning checkpoint of an SSSModule")
+    parser.add_argument("--out", type=str, default=None, help="pruned model file (default: <ckpt>-pruned.pt)")
+    parser.add_argument("--input_size", type=list[int] | None, default=None, help="(C, H, W) for FLOPs")
+    parser.add_argument("--config", type=str, default=None, help="fit config whose data to evaluate accuracy on")
+    args = parser.parse_args(argv)
+    ckpt = Path(args.ckpt)
+    try:
+        module, info = load_sss_checkpoint(ckpt)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(str(err)) from err
+    size = args.input_size or info.get("input_shape")
+    if not size:
+        raise ConfigError(f"{ckpt} records no input shape; pass --input_size C H W")
+    gated = module.net
+    pruned = prune(gated)
+    before, after = count_flops(gated, size), count_flops(pruned, size)
+    extra: dict[str, tuple[float, float]] = {}
+    if args.config:
+        cli = SSSLightningCLI(args=["--config", args.config, "--trainer.logger=false"], run=False)
+        trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[])
+        acc_before = trainer.validate(module, datamodule=cli.datamodule, verbose=False)[0]
+        module.net = pruned
+        acc_after = trainer.validate(module, datamodule=cli.datamodule, verbose=False)[0]
+        extra = {k: (acc_before[k], acc_after[k]) for k in sorted(acc_before) if k in acc_after}
+    out = Path(args.out) if args.out else ckpt.with_name(f"{ckpt.stem}-pruned.pt")
+    metadata = {"checkpoint": str(ckpt), "input_size": list(size), "macs": after.macs, "params": after.params}
+    metadata.update({f"{k} (pruned)": v[1] for k, v in extra.items()})
+    save_pruned(pruned, out, metadata=metadata)
+    print(format_comparison(before, after, extra=extra))
+    print(f"pruned model: {out}")
+    return out
+
+
 def main(args: ArgsType = None) -> None:
     """Entry point of ``sss-lightning`` and ``python -m sss_lightning``."""
+    argv = list(sys.argv[1:] if args is None else args)
     try:
-        SSSLightningCLI(args=args)
+        if argv[:1] == ["prune"]:
+            prune_command(argv[1:])
+        else:
+            SSSLightningCLI(args=args)
     except ConfigError as err:
         print(f"sss-lightning: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err

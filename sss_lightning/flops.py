@@ -8,20 +8,24 @@ unsupported-op warnings to print and a gated model and its pruned copy are count
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from fvcore.nn.jit_analysis import JitModelAnalysis
-from fvcore.nn.jit_handles import (
-    addmm_flop_jit,
-    bmm_flop_jit,
-    conv_flop_jit,
-    einsum_flop_jit,
-    linear_flop_jit,
-    matmul_flop_jit,
-)
 from torch import nn
+
+with warnings.catch_warnings():  # fvcore (last released 2022) calls torch.jit.script at import time
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+    from fvcore.nn.jit_analysis import JitModelAnalysis
+    from fvcore.nn.jit_handles import (
+        addmm_flop_jit,
+        bmm_flop_jit,
+        conv_flop_jit,
+        einsum_flop_jit,
+        linear_flop_jit,
+        matmul_flop_jit,
+    )
 
 __all__ = ["FlopReport", "count_flops", "format_comparison", "comparison_dict"]
 
@@ -64,8 +68,11 @@ def count_flops(model: nn.Module, input_size: Sequence[int]) -> FlopReport:
     """Count MACs (batch 1 unless ``input_size`` has a batch dim) and parameters of ``model`` in eval mode."""
     size = _input_size(input_size)
     param = next(model.parameters(), None)
-    x = torch.zeros(size, dtype=param.dtype if param is not None else torch.float32,
-                    device=param.device if param is not None else None)  # fmt: skip
+    x = torch.zeros(
+        size,
+        dtype=param.dtype if param is not None else torch.float32,
+        device=param.device if param is not None else None,
+    )
     was_training = model.training
     model.eval()
     try:

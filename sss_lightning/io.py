@@ -35,13 +35,27 @@ def _recipe(m: nn.Module) -> dict[str, Any]:
     """The constructor arguments that define ``m``'s shape (type name only for other modules)."""
     kind = type(m).__name__
     if isinstance(m, nn.Conv2d):
-        return {"type": kind, "in_channels": m.in_channels, "out_channels": m.out_channels,
-                "kernel_size": list(m.kernel_size), "stride": list(m.stride), "padding": list(m.padding),
-                "dilation": list(m.dilation), "groups": m.groups, "bias": m.bias is not None,
-                "padding_mode": m.padding_mode}  # fmt: skip
+        return {
+            "type": kind,
+            "in_channels": m.in_channels,
+            "out_channels": m.out_channels,
+            "kernel_size": list(m.kernel_size),
+            "stride": list(m.stride),
+            "padding": list(m.padding),
+            "dilation": list(m.dilation),
+            "groups": m.groups,
+            "bias": m.bias is not None,
+            "padding_mode": m.padding_mode,
+        }
     if isinstance(m, _BatchNorm):
-        return {"type": kind, "num_features": m.num_features, "eps": m.eps, "momentum": m.momentum,
-                "affine": m.affine, "track_running_stats": m.track_running_stats}  # fmt: skip
+        return {
+            "type": kind,
+            "num_features": m.num_features,
+            "eps": m.eps,
+            "momentum": m.momentum,
+            "affine": m.affine,
+            "track_running_stats": m.track_running_stats,
+        }
     if isinstance(m, nn.Linear):
         return {"type": kind, "in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None}
     if isinstance(m, GatedResidual):

@@ -7,7 +7,9 @@ by passing ``net=`` or by subclassing and overriding :meth:`SSSModule.build_netw
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -19,7 +21,7 @@ from .gates import gate_parameters, has_gates, sparsity
 from .models.registry import build_model
 from .optim import APG, validate_hparams
 
-__all__ = ["SSSModule", "SSSClassifier"]
+__all__ = ["SSSModule", "SSSClassifier", "load_sss_checkpoint"]
 
 Schedule = Literal["cosine", "step", "constant"]
 
@@ -125,10 +127,13 @@ class SSSModule(L.LightningModule):
         return loss
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        if self.example_input_array is None:  # one input's shape, for FLOPs counting and surgery reports
+            self.example_input_array = torch.zeros_like(batch[0][:1], device="cpu")
         loss = self._shared_step(batch, "train", self.train_acc)
         summary = sparsity(self.net)
-        self.log_dict({f"gates/{k}": v for k, v in summary.items() if "_" not in k}, on_step=True)
-        self.log("sparsity", summary["overall"], prog_bar=True, logger=False)
+        if summary:  # a network already pruned (fine-tuning after surgery) has no gates left
+            self.log_dict({f"gates/{k}": v for k, v in summary.items() if "_" not in k}, on_step=True)
+            self.log("sparsity", summary["overall"], prog_bar=True, logger=False)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -136,6 +141,20 @@ class SSSModule(L.LightningModule):
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "test", self.test_acc)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record what ``sss-lightning prune`` needs to rebuild this module and count its FLOPs."""
+        cls = type(self)
+        x = self.example_input_array
+        checkpoint["sss"] = {
+            "module_class": f"{cls.__module__}.{cls.__qualname__}",
+            "input_shape": list(x.shape[1:]) if isinstance(x, Tensor) else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        shape = checkpoint.get("sss", {}).get("input_shape")
+        if shape and self.example_input_array is None:
+            self.example_input_array = torch.zeros(1, *shape)
 
     def param_groups(self) -> list[dict[str, Any]]:
         """The two APG groups: weights (weight decay, no L1) and gates (L1, no weight decay)."""
@@ -198,3 +217,28 @@ class SSSClassifier(SSSModule):
 
     def build_network(self) -> nn.Module:
         return build_model(self.arch, **self.arch_kwargs)
+
+
+def load_sss_checkpoint(path: str | Path) -> tuple[SSSModule, dict[str, Any]]:
+    """Rebuild the SSSModule subclass that wrote a Lightning checkpoint, with its ``sss`` record.
+
+    The class is read from the checkpoint, so any subclass that rebuilds its network from its
+    hyper-parameters (``SSSClassifier``, or one overriding ``build_network``) loads without naming it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # the user's own training file
+    info = checkpoint.get("sss") if isinstance(checkpoint, dict) else None
+    if not info:
+        raise ValueError(f"{path} is not a Lightning checkpoint of an SSSModule (it has no 'sss' record)")
+    module_path, _, cls_name = info["module_class"].rpartition(".")
+    cls = getattr(importlib.import_module(module_path), cls_name)
+    try:
+        module = cls.load_from_checkpoint(path, map_location="cpu")
+    except TypeError as err:
+        raise ValueError(
+            f"cannot rebuild {info['module_class']} from {path}: {err}. A module built with net=... cannot be "
+            "rebuilt from a checkpoint; use SSSClassifier or a subclass that overrides build_network()"
+        ) from err
+    return module, info

@@ -42,15 +42,38 @@ __all__ = [
 
 # Channel-wise layers that never mix channels: the producer walk passes through them.
 _CHANNELWISE = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid,
-    nn.Sigmoid, nn.Tanh, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout2d,
-    nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
-)  # fmt: skip
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Mish,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+)
 # Layers with f(0) = 0 and f(g*h) = g*f(h) for g >= 0: a gate may be folded across them to its consumer.
 _HOMOGENEOUS = (
-    nn.ReLU, nn.Identity, nn.Dropout, nn.Dropout2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+    nn.ReLU,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool2d,
-)  # fmt: skip
+)
 _SIGN_SENSITIVE = (nn.ReLU, nn.MaxPool2d, nn.AdaptiveMaxPool2d)
 
 
@@ -84,8 +107,11 @@ def cut_conv(conv: nn.Conv2d, out_keep: Tensor | None = None, in_keep: Tensor | 
         group_out = out_keep.view(groups, -1)
         group_in = in_keep.view(groups, -1)
         alive = group_out.all(1)
-        if not (torch.equal(alive, group_out.any(1)) and torch.equal(alive, group_in.all(1))
-                and torch.equal(alive, group_in.any(1))):  # fmt: skip
+        if not (
+            torch.equal(alive, group_out.any(1))
+            and torch.equal(alive, group_in.all(1))
+            and torch.equal(alive, group_in.any(1))
+        ):
             raise SurgeryError(
                 f"a grouped conv ({conv}) can only lose whole groups, the same ones on input and output; "
                 "gate it with GroupGate(groups) instead of per-channel gates"
@@ -93,9 +119,16 @@ def cut_conv(conv: nn.Conv2d, out_keep: Tensor | None = None, in_keep: Tensor | 
         weight = weight[_index(out_keep)]
         new_groups = int(alive.sum())
     new = nn.Conv2d(
-        int(in_keep.sum()), int(out_keep.sum()), conv.kernel_size, stride=conv.stride, padding=conv.padding,
-        dilation=conv.dilation, groups=max(new_groups, 1), bias=conv.bias is not None, padding_mode=conv.padding_mode,
-    ).to(weight)  # fmt: skip
+        int(in_keep.sum()),
+        int(out_keep.sum()),
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=max(new_groups, 1),
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+    ).to(weight)
     with torch.no_grad():
         new.weight.copy_(weight)
         if conv.bias is not None:
@@ -107,8 +140,9 @@ def cut_conv(conv: nn.Conv2d, out_keep: Tensor | None = None, in_keep: Tensor | 
 def cut_batchnorm(bn: _BatchNorm, keep: Tensor) -> _BatchNorm:
     """A new BN of the same class keeping the channels where ``keep`` is True (affine and running stats)."""
     idx = _index(keep.cpu())
-    new = type(bn)(len(idx), eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
-                   track_running_stats=bn.track_running_stats)  # fmt: skip
+    new = type(bn)(
+        len(idx), eps=bn.eps, momentum=bn.momentum, affine=bn.affine, track_running_stats=bn.track_running_stats
+    )
     new = new.to(bn.weight if bn.affine else bn.running_mean)
     with torch.no_grad():
         if bn.affine:

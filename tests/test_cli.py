@@ -32,6 +32,11 @@ def test_fashion_mnist_quick_config_fits_with_fast_dev_run(tmp_path, monkeypatch
         ]
     )
     assert (tmp_path / "data" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+    # the run ends with surgery: a pruned model that reloads (fresh-process reload: tests/test_io.py)
+    from sss_lightning import load_pruned
+
+    model = load_pruned(tmp_path / "runs" / "fashion_mnist_quick" / "pruned.pt")
+    assert model.sss_metadata["input_size"] == [1, 28, 28]
 
 
 def test_resnet_cifar_config_fits_with_fast_dev_run(tmp_path, monkeypatch, cifar10_dir):
@@ -93,3 +98,50 @@ def test_python_dash_m_entry_point():
         [sys.executable, "-m", "sss_lightning", "--help"], capture_output=True, text=True, check=True, cwd=REPO
     ).stdout
     assert "fit" in out and "validate" in out
+
+
+def _train_checkpoint(tmp_path):
+    import lightning as L
+
+    from sss_lightning import SSSClassifier
+    from sss_lightning.data import SyntheticDataModule
+
+    module = SSSClassifier(
+        arch="resnet20", num_classes=4, gates="both", arch_kwargs={"width": 4}, gamma=0.5, schedule="constant"
+    )
+    trainer = L.Trainer(
+        max_steps=20, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path
+    )
+    trainer.fit(module, datamodule=SyntheticDataModule(num_classes=4, image_size=8, train_size=64, batch_size=16))
+    path = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_prune_command_turns_a_checkpoint_into_a_reloadable_pruned_model(tmp_path, capsys):
+    import torch
+
+    from sss_lightning import load_pruned
+
+    ckpt = _train_checkpoint(tmp_path)
+    config = tmp_path / "data.yaml"
+    config.write_text(
+        "model:\n  class_path: sss_lightning.SSSClassifier\n  init_args: {num_classes: 4}\n"
+        "data:\n  class_path: sss_lightning.data.SyntheticDataModule\n"
+        "  init_args: {num_classes: 4, image_size: 8, train_size: 64, val_size: 32, batch_size: 16}\n"
+    )
+    main(["prune", "--ckpt", str(ckpt), "--out", str(tmp_path / "p.pt"), "--config", str(config)])
+    out = capsys.readouterr().out
+    assert "| MACs |" in out and "| params |" in out and "| val/acc |" in out
+    model = load_pruned(tmp_path / "p.pt")
+    assert model.sss_metadata["input_size"] == [3, 8, 8]
+    assert model(torch.randn(2, 3, 8, 8)).shape == (2, 4)
+
+
+def test_prune_command_refuses_a_foreign_checkpoint(tmp_path, capsys):
+    import torch
+
+    torch.save({"state_dict": {}}, tmp_path / "x.ckpt")
+    with pytest.raises(SystemExit):
+        main(["prune", "--ckpt", str(tmp_path / "x.ckpt")])
+    assert "is not a Lightning checkpoint of an SSSModule" in capsys.readouterr().err

@@ -10,9 +10,15 @@ from sss_lightning.surgery import prune
 
 def test_macs_match_a_hand_count():
     net = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), ChannelGate(8),
-        nn.Conv2d(8, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10),
-    )  # fmt: skip
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        ChannelGate(8),
+        nn.Conv2d(8, 4, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 10),
+    )
     report = count_flops(net, (3, 10, 10))
     conv1 = 8 * 3 * 3 * 3 * 10 * 10  # out * in * k * k * H * W
     conv2 = 4 * 8 * 10 * 10

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from sss_lightning.gates import BlockGate, ChannelGate, Gate, GroupGate, iter_gates
-from sss_lightning.models import CifarResNet, GatedResidual, build_model
+from sss_lightning.models import CifarResNet, GatedResidual, build_model, list_models
 from sss_lightning.surgery import SurgeryError, prune
 
 
@@ -123,10 +123,18 @@ def test_channel_cut_shrinks_producer_bn_and_consumer():
 
 def vgg_like() -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), ChannelGate(8), nn.MaxPool2d(2),
-        nn.Conv2d(8, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), ChannelGate(6),
-        nn.Flatten(), nn.Linear(6 * 4 * 4, 5),
-    )  # fmt: skip
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        ChannelGate(8),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        ChannelGate(6),
+        nn.Flatten(),
+        nn.Linear(6 * 4 * 4, 5),
+    )
 
 
 @pytest.mark.parametrize("pattern", ["random", "zeros", "ones"])
@@ -144,10 +152,16 @@ def test_plain_sequential_channels_with_pooling_and_flatten(pattern):
 def inverted_residual(channels: int = 4, expand: int = 12) -> GatedResidual:
     """MobileNet-v2 style: the gate on the expanded width sits after the depthwise conv."""
     branch = nn.Sequential(
-        nn.Conv2d(channels, expand, 1, bias=False), nn.BatchNorm2d(expand), nn.ReLU6(),
-        nn.Conv2d(expand, expand, 3, padding=1, groups=expand, bias=False), nn.BatchNorm2d(expand), nn.ReLU(),
-        ChannelGate(expand), nn.Conv2d(expand, channels, 1, bias=False), nn.BatchNorm2d(channels),
-    )  # fmt: skip
+        nn.Conv2d(channels, expand, 1, bias=False),
+        nn.BatchNorm2d(expand),
+        nn.ReLU6(),
+        nn.Conv2d(expand, expand, 3, padding=1, groups=expand, bias=False),
+        nn.BatchNorm2d(expand),
+        nn.ReLU(),
+        ChannelGate(expand),
+        nn.Conv2d(expand, channels, 1, bias=False),
+        nn.BatchNorm2d(channels),
+    )
     return GatedResidual(branch, gate=BlockGate())
 
 
@@ -168,10 +182,16 @@ def test_depthwise_conv_is_cut_together_with_its_producer():
 
 def resnext_block(channels: int = 8, width: int = 12, groups: int = 4) -> GatedResidual:
     branch = nn.Sequential(
-        nn.Conv2d(channels, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-        nn.Conv2d(width, width, 3, padding=1, groups=groups, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-        GroupGate(groups), nn.Conv2d(width, channels, 1, bias=False), nn.BatchNorm2d(channels),
-    )  # fmt: skip
+        nn.Conv2d(channels, width, 1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1, groups=groups, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        GroupGate(groups),
+        nn.Conv2d(width, channels, 1, bias=False),
+        nn.BatchNorm2d(channels),
+    )
     return GatedResidual(branch, gate=BlockGate(), post_act=nn.ReLU())
 
 
@@ -223,14 +243,15 @@ def test_modules_with_sss_prune_plug_in_without_touching_the_core():
 @pytest.mark.parametrize(
     "layers, message",
     [
-        (lambda: [nn.Conv2d(3, 4, 1), ChannelGate(4), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1)],
-         "BatchNorm2d between the gate and the next conv/linear does not map a zero"),
+        (
+            lambda: [nn.Conv2d(3, 4, 1), ChannelGate(4), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1)],
+            "BatchNorm2d between the gate and the next conv/linear does not map a zero",
+        ),
         (lambda: [nn.Conv2d(3, 4, 1), ChannelGate(4)], "no conv/linear after the gate consumes"),
         (lambda: [ChannelGate(3), nn.Conv2d(3, 2, 1)], "no conv/linear before the gate produces"),
-        (lambda: [nn.Conv2d(4, 4, 3, groups=2), ChannelGate(4), nn.Conv2d(4, 2, 1)],
-         "can only lose whole groups"),
+        (lambda: [nn.Conv2d(4, 4, 3, groups=2), ChannelGate(4), nn.Conv2d(4, 2, 1)], "can only lose whole groups"),
     ],
-)  # fmt: skip
+)
 def test_unsupported_gate_placements_raise_clear_errors(layers, message):
     model = nn.Sequential(*layers())
     with torch.no_grad():
@@ -245,3 +266,14 @@ def test_negative_gate_cannot_cross_a_relu():
         model[1].scale[0] = -1.0
     with pytest.raises(SurgeryError, match="negative gate cannot be folded across ReLU"):
         prune(model)
+
+
+@pytest.mark.parametrize("name", list_models())
+@settings(max_examples=4, deadline=None)
+@given(seed=st.integers(0, 2**16), p_zero=st.sampled_from([0.0, 0.3, 0.7, 1.0]))
+def test_every_registry_model_prunes_exactly(name, seed, p_zero):
+    gen = torch.Generator().manual_seed(seed)
+    model = build_model(name, num_classes=5)
+    randomize_bn(model, gen)
+    set_gates(model, "random", gen, p_zero)
+    assert_same_outputs(model, prune(model), torch.randn(2, 3, 8, 8, generator=gen))

@@ -1,0 +1,52 @@
+"""Shared plumbing of the image-classification datamodules: loaders and argument checks."""
+
+from __future__ import annotations
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
+
+
+class ImageClassificationDataModule(L.LightningDataModule):
+    """Train/val/test loaders over datasets a subclass provides in :meth:`setup`.
+
+    The validation set is the dataset's official test split (the convention of the CIFAR/ImageNet
+    papers SSS compares with); ``test`` uses the same split so ``trainer.test`` reports it too.
+    """
+
+    num_classes: int
+    in_channels: int
+    image_size: int
+
+    def __init__(self, batch_size: int = 128, num_workers: int = 2, pin_memory: bool = False) -> None:
+        super().__init__()
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() has not run; let the Trainer call it")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            drop_last=shuffle and len(dataset) > self.batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)

@@ -1,6 +1,9 @@
 """Lightning callbacks of sss-lightning (installed as ``sss_lightning.callbacks``)."""
 
+from .freeze import FreezeGates
+from .gate_monitor import GateMonitor
+from .snapshot import PruningSnapshot
 from .summary import FitSummary
 from .surgery import StructuralSurgery
 
-__all__ = ["FitSummary", "StructuralSurgery"]
+__all__ = ["FitSummary", "FreezeGates", "GateMonitor", "PruningSnapshot", "StructuralSurgery"]

@@ -27,29 +27,51 @@ def smallest_gates(net: torch.nn.Module, k: int = 5) -> list[tuple[str, float]]:
 
 
 class StructuralSurgery(Callback):
-    """Replace ``pl_module.net`` by ``prune(pl_module.net)`` when ``fit`` ends, report and save it.
+    """Replace ``pl_module.net`` by ``prune(pl_module.net)``, report and save it.
 
-    Prints the MACs/params table before/after (per stage too), logs the numbers, and writes the pruned
-    model with :func:`sss_lightning.io.save_pruned` (registry models) to ``dirpath/filename``.
+    Without fine-tuning, surgery runs when ``fit`` ends. With ``finetune_epochs=k`` it runs at the start
+    of the last ``k`` epochs instead, and those epochs train the pruned network with a fresh optimizer
+    that holds only its parameters (Nesterov SGD, cosine from ``finetune_lr``, default: the weights'
+    current learning rate); the regular validation loop then evaluates the pruned network. Either way
+    it prints the MACs/params table before/after (per stage too), logs the numbers under ``surgery/``,
+    and writes the pruned model (registry models) to ``dirpath/filename``.
 
     Args:
         dirpath: folder of the pruned model; default: the trainer's ``default_root_dir``.
         filename: file name of the pruned model.
         input_size: ``(C, H, W)`` for FLOPs; default: the shape the module recorded from its training batches.
+        finetune_epochs: epochs at the end of ``max_epochs`` that fine-tune the pruned network.
+        finetune_lr: learning rate of the fine-tuning optimizer.
+        evaluate: without fine-tuning, run the pruned network over the validation set and log
+            ``surgery/val_acc`` (a check of surgery's exactness on real data).
     """
 
     def __init__(
-        self, dirpath: str | None = None, filename: str = "pruned.pt", input_size: list[int] | None = None
+        self,
+        dirpath: str | None = None,
+        filename: str = "pruned.pt",
+        input_size: list[int] | None = None,
+        finetune_epochs: int = 0,
+        finetune_lr: float | None = None,
+        evaluate: bool = True,
     ) -> None:
         if not filename or os.sep in filename:
             raise ValueError(f"filename must be a plain file name, got {filename!r}; put folders in dirpath")
         if input_size is not None and (len(input_size) != 3 or any(int(s) < 1 for s in input_size)):
             raise ValueError(f"input_size must be (C, H, W) with positive sizes, got {input_size!r}")
+        if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int) or finetune_epochs < 0:
+            raise ValueError(f"finetune_epochs must be an int >= 0, got {finetune_epochs!r}")
+        if finetune_lr is not None and not finetune_lr > 0:
+            raise ValueError(f"finetune_lr must be > 0, got {finetune_lr!r}")
         self.dirpath = dirpath
         self.filename = filename
         self.input_size = list(input_size) if input_size is not None else None
+        self.finetune_epochs = finetune_epochs
+        self.finetune_lr = finetune_lr
+        self.evaluate = evaluate
         self.saved_path: Path | None = None
         self.report: dict[str, float] = {}
+        self.done = False
 
     def _input_size(self, pl_module: L.LightningModule) -> list[int]:
         if self.input_size is not None:
@@ -63,11 +85,50 @@ class StructuralSurgery(Callback):
         return list(x.shape[1:])
 
     @override
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.finetune_epochs:
+            return
+        if trainer.max_epochs is None or trainer.max_epochs < 0 or trainer.max_epochs <= self.finetune_epochs:
+            raise ValueError(
+                f"StructuralSurgery(finetune_epochs={self.finetune_epochs}) needs trainer.max_epochs greater than "
+                f"it (got {trainer.max_epochs}): surgery runs at epoch max_epochs - finetune_epochs"
+            )
+        if trainer.world_size > 1:
+            raise ValueError(
+                "StructuralSurgery fine-tuning swaps the network inside fit, which DDP does not allow; run it on "
+                "one device, or set finetune_epochs=0 and fine-tune the saved pruned model in a new run"
+            )
+
+    @override
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.done or not self.finetune_epochs or trainer.current_epoch < trainer.max_epochs - self.finetune_epochs:
+            return
+        self._operate(trainer, pl_module)
+        lr = self.finetune_lr or trainer.optimizers[0].param_groups[0]["lr"]
+        accumulate = trainer.accumulate_grad_batches
+        steps = self.finetune_epochs * max(1, int(trainer.num_training_batches) // accumulate)
+        pl_module.prepare_finetune(lr=lr, total_steps=steps)
+        trainer.strategy.setup_optimizers(trainer)  # a fresh optimizer over the pruned network only
+
+    @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        finetuned = self.done
+        if not self.done and not self._operate(trainer, pl_module):
+            return
+        if self.evaluate and not finetuned:
+            self._evaluate(trainer, pl_module)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        self._save(trainer, pl_module.net, {**self.report, **metrics, "input_size": self._input_size(pl_module)})
+        if self.saved_path is not None:
+            rank_zero_info(f"pruned model: {self.saved_path} (reload with sss_lightning.load_pruned)")
+
+    def _operate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        """Surgery on the live module; False when there was nothing to operate on."""
         net = pl_module.net
+        self.done = True
         if not list(iter_gates(net)):
             rank_zero_warn("StructuralSurgery: the network has no gates (already pruned?); nothing to do")
-            return
+            return False
         if not any((info.module.scale == 0).any() for info in iter_gates(net)):
             listed = ", ".join(f"{name}={value:.3g}" for name, value in smallest_gates(net))
             rank_zero_warn(
@@ -79,13 +140,31 @@ class StructuralSurgery(Callback):
         before, after = count_flops(net, size), count_flops(pruned, size)
         pl_module.net = pruned.to(pl_module.device)
         self.report = comparison_dict(before, after)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        self._save(trainer, pruned, {**self.report, **metrics, "input_size": size})
         rank_zero_info("\nStructural surgery (MACs counted by fvcore)\n" + format_comparison(before, after))
-        if self.saved_path is not None:
-            rank_zero_info(f"pruned model: {self.saved_path} (reload with sss_lightning.load_pruned)")
         for logger in trainer.loggers:
             logger.log_metrics({f"surgery/{k}": v for k, v in self.report.items()}, step=trainer.global_step)
+        return True
+
+    @torch.no_grad()
+    def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loaders = trainer.val_dataloaders
+        metric = getattr(pl_module, "val_acc", None)
+        if loaders is None or metric is None:
+            rank_zero_warn("StructuralSurgery(evaluate=True): no validation data or val_acc metric to evaluate with")
+            return
+        metric = metric.clone()
+        metric.reset()
+        net = pl_module.net
+        was_training = net.training
+        net.eval()
+        for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
+            for x, y in loader:
+                metric.update(net(x.to(pl_module.device)), y.to(pl_module.device))
+        net.train(was_training)
+        self.report["val_acc"] = float(metric.compute())
+        rank_zero_info(f"pruned network, validation accuracy: {self.report['val_acc']:.4f}")
+        for logger in trainer.loggers:
+            logger.log_metrics({"surgery/val_acc": self.report["val_acc"]}, step=trainer.global_step)
 
     def _save(self, trainer: L.Trainer, pruned: torch.nn.Module, metadata: dict[str, Any]) -> None:
         if getattr(pruned, "sss_arch", None) is None:
@@ -98,10 +177,12 @@ class StructuralSurgery(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"report": dict(self.report), "saved_path": str(self.saved_path) if self.saved_path else None}
+        saved = str(self.saved_path) if self.saved_path else None
+        return {"report": dict(self.report), "saved_path": saved, "done": self.done}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.report = dict(state_dict.get("report", {}))
+        self.done = bool(state_dict.get("done", False))
         saved = state_dict.get("saved_path")
         self.saved_path = Path(saved) if saved else None

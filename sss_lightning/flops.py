@@ -27,7 +27,7 @@ with warnings.catch_warnings():  # fvcore (last released 2022) calls torch.jit.s
         matmul_flop_jit,
     )
 
-__all__ = ["FlopReport", "count_flops", "format_comparison", "comparison_dict"]
+__all__ = ["FlopReport", "MacEstimator", "count_flops", "format_comparison", "comparison_dict"]
 
 # fvcore's own handles for the fused multiply-add ops (those of FlopCountAnalysis), and no others.
 _MAC_HANDLES = {
@@ -93,6 +93,53 @@ def count_flops(model: nn.Module, input_size: Sequence[int]) -> FlopReport:
     stages = {name: int(by_module.get(name, 0)) for name, _ in model.named_children()}
     params = sum(p.numel() for p in model.parameters())
     return FlopReport(macs=int(total), params=params, input_size=size[1:], stages=stages)
+
+
+class MacEstimator:
+    """MACs of pruned copies of one model from layer shapes alone: cheap enough to call every few steps.
+
+    One forward pass of the original records each conv's output size; surgery keeps module paths and
+    spatial sizes, so a pruned copy's MACs are the sum over its convs and linears of
+    ``out * in / groups * kh * kw * H_out * W_out`` (``in * out`` for a linear). This equals fvcore's count
+    whenever conv and linear layers are the only multiply-adds (true for every model in the registry;
+    the tests cross-check it).
+    """
+
+    def __init__(self, model: nn.Module, input_size: Sequence[int]) -> None:
+        size = _input_size(input_size)
+        self._spatial: dict[str, int] = {}
+        hooks = [
+            module.register_forward_hook(self._recorder(name))
+            for name, module in model.named_modules()
+            if isinstance(module, nn.Conv2d)
+        ]
+        param = next(model.parameters())
+        was_training = model.training
+        try:
+            with torch.no_grad():
+                model.eval()(torch.zeros(size, dtype=param.dtype, device=param.device))
+        finally:
+            model.train(was_training)
+            for hook in hooks:
+                hook.remove()
+        self.batch = size[0]
+
+    def _recorder(self, name: str):
+        def hook(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
+            self._spatial[name] = output.shape[-2] * output.shape[-1]
+
+        return hook
+
+    def __call__(self, model: nn.Module) -> int:
+        """MACs of ``model`` (the original or a pruned copy of it) at the recorded input size."""
+        macs = 0
+        for name, m in model.named_modules():
+            if isinstance(m, nn.Conv2d):
+                kh, kw = m.kernel_size
+                macs += m.out_channels * (m.in_channels // m.groups) * kh * kw * self._spatial.get(name, 0)
+            elif isinstance(m, nn.Linear):
+                macs += m.in_features * m.out_features
+        return macs * self.batch
 
 
 def _human(n: float) -> str:

@@ -81,7 +81,8 @@ def architecture_spec(pruned: nn.Module) -> dict[str, Any]:
             f"{type(pruned).__name__} was not built by sss_lightning.build_model, so there is no architecture "
             "to rebuild it from; register its builder with @register_model and build it with build_model"
         )
-    base = build_model(arch["name"], **arch["kwargs"])
+    with torch.random.fork_rng(devices=[]):  # a reference build must not move the caller's RNG
+        base = build_model(arch["name"], **arch["kwargs"])
     changed: dict[str, dict[str, Any]] = {}
     for path, module in pruned.named_modules():
         recipe = _recipe(module)
@@ -99,7 +100,8 @@ def architecture_spec(pruned: nn.Module) -> dict[str, Any]:
 def apply_spec(spec: dict[str, Any]) -> nn.Module:
     """Build the registry architecture and reshape it as ``spec`` records (weights uninitialised)."""
     arch = spec["arch"]
-    model = build_model(arch["name"], **arch["kwargs"])
+    with torch.random.fork_rng(devices=[]):  # its weights are overwritten; leave the caller's RNG alone
+        model = build_model(arch["name"], **arch["kwargs"])
     for path, recipe in sorted(spec["modules"].items(), key=lambda item: item[0].count(".")):
         if recipe["type"] == "GatedResidual":
             block = model.get_submodule(path)

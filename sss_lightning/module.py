@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from .gates import gate_parameters, has_gates, sparsity
+from .io import apply_spec, architecture_spec
 from .models.registry import build_model
 from .optim import APG, validate_hparams
 
@@ -101,6 +102,7 @@ class SSSModule(L.LightningModule):
         num_classes = num_classes or _infer_num_classes(self.net)
         if not num_classes:
             raise ValueError("cannot infer num_classes (the network has no nn.Linear); pass num_classes=")
+        self._finetune: dict[str, float] | None = None
         self.criterion = nn.CrossEntropyLoss()
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -132,7 +134,7 @@ class SSSModule(L.LightningModule):
         loss = self._shared_step(batch, "train", self.train_acc)
         summary = sparsity(self.net)
         if summary:  # a network already pruned (fine-tuning after surgery) has no gates left
-            self.log_dict({f"gates/{k}": v for k, v in summary.items() if "_" not in k}, on_step=True)
+            self.log_dict({f"sparsity/{k}": v for k, v in summary.items() if "_" not in k}, on_step=True)
             self.log("sparsity", summary["overall"], prog_bar=True, logger=False)
         return loss
 
@@ -143,26 +145,45 @@ class SSSModule(L.LightningModule):
         self._shared_step(batch, "test", self.test_acc)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record what ``sss-lightning prune`` needs to rebuild this module and count its FLOPs."""
+        """Record what is needed to rebuild this module: its class, input shape and, after surgery,
+        the pruned architecture (so the smaller state dict loads into the right shapes)."""
         cls = type(self)
         x = self.example_input_array
         checkpoint["sss"] = {
             "module_class": f"{cls.__module__}.{cls.__qualname__}",
             "input_shape": list(x.shape[1:]) if isinstance(x, Tensor) else None,
+            "finetune": self._finetune,
         }
+        if not has_gates(self.net) and getattr(self.net, "sss_arch", None) is not None:
+            checkpoint["sss"]["pruned_spec"] = architecture_spec(self.net)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        shape = checkpoint.get("sss", {}).get("input_shape")
+        record = checkpoint.get("sss", {})
+        shape = record.get("input_shape")
         if shape and self.example_input_array is None:
             self.example_input_array = torch.zeros(1, *shape)
+        if record.get("pruned_spec"):
+            param = next(self.net.parameters())
+            self.net = apply_spec(record["pruned_spec"]).to(device=param.device, dtype=param.dtype)
+        self._finetune = record.get("finetune")
+
+    def prepare_finetune(self, lr: float, total_steps: int) -> None:
+        """Called after surgery replaced ``net``: the next ``configure_optimizers`` builds a fresh optimizer
+        holding only the new network's parameters (Nesterov SGD, cosine from ``lr`` over ``total_steps``)."""
+        validate_hparams(lr=lr, momentum=self.hparams.momentum, gamma=0.0, weight_decay=0.0, mode="apg",
+                         nonnegative=False, where=" (fine-tune)")  # fmt: skip
+        if total_steps < 1:
+            raise ValueError(f"fine-tuning needs at least one step, got total_steps={total_steps}")
+        self._finetune = {"lr": float(lr), "steps": int(total_steps)}
 
     def param_groups(self) -> list[dict[str, Any]]:
-        """The two APG groups: weights (weight decay, no L1) and gates (L1, no weight decay)."""
+        """The APG groups: weights (weight decay, no L1) and, while the network has gates, gates (L1, no
+        weight decay)."""
         hp = self.hparams
         gates = [p for p in gate_parameters(self.net) if p.requires_grad]
         gate_ids = {id(p) for p in gates}
         weights = [p for p in self.net.parameters() if p.requires_grad and id(p) not in gate_ids]
-        return [
+        groups = [
             {
                 "name": "weights",
                 "params": weights,
@@ -170,20 +191,28 @@ class SSSModule(L.LightningModule):
                 "gamma": 0.0,
                 "mode": "apg",
                 "nonnegative": False,
-            },
-            {
-                "name": "gates",
-                "params": gates,
-                "weight_decay": 0.0,
-                "gamma": hp.gamma,
-                "mode": hp.gate_mode,
-                "nonnegative": self.gate_nonnegative,
-                "lr": hp.lr if hp.gate_lr is None else hp.gate_lr,
-            },
+            }
         ]
+        if gates:  # a pruned network (fine-tuning after surgery) has none left
+            groups.append(
+                {
+                    "name": "gates",
+                    "params": gates,
+                    "weight_decay": 0.0,
+                    "gamma": hp.gamma,
+                    "mode": hp.gate_mode,
+                    "nonnegative": self.gate_nonnegative,
+                    "lr": hp.lr if hp.gate_lr is None else hp.gate_lr,
+                }
+            )
+        return groups
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
+        if self._finetune is not None:
+            optimizer = APG(self.param_groups(), lr=self._finetune["lr"], momentum=hp.momentum)
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(self._finetune["steps"]))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         optimizer = APG(self.param_groups(), lr=hp.lr, momentum=hp.momentum)
         if hp.schedule == "constant":
             return optimizer

@@ -26,6 +26,7 @@ import copy
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils import skip_init
 
 from .gates import Gate, GroupGate, iter_gates
 from .models.blocks import GatedResidual
@@ -82,7 +83,7 @@ class SurgeryError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------------
-# How a layer is cut
+# How a layer is cut (new layers are made with skip_init: no random init, so surgery never moves the RNG)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -118,7 +119,8 @@ def cut_conv(conv: nn.Conv2d, out_keep: Tensor | None = None, in_keep: Tensor | 
             )
         weight = weight[_index(out_keep)]
         new_groups = int(alive.sum())
-    new = nn.Conv2d(
+    new = skip_init(
+        nn.Conv2d,
         int(in_keep.sum()),
         int(out_keep.sum()),
         conv.kernel_size,
@@ -128,7 +130,9 @@ def cut_conv(conv: nn.Conv2d, out_keep: Tensor | None = None, in_keep: Tensor | 
         groups=max(new_groups, 1),
         bias=conv.bias is not None,
         padding_mode=conv.padding_mode,
-    ).to(weight)
+        device=weight.device,
+        dtype=weight.dtype,
+    )
     with torch.no_grad():
         new.weight.copy_(weight)
         if conv.bias is not None:
@@ -140,10 +144,17 @@ def cut_conv(conv: nn.Conv2d, out_keep: Tensor | None = None, in_keep: Tensor | 
 def cut_batchnorm(bn: _BatchNorm, keep: Tensor) -> _BatchNorm:
     """A new BN of the same class keeping the channels where ``keep`` is True (affine and running stats)."""
     idx = _index(keep.cpu())
-    new = type(bn)(
-        len(idx), eps=bn.eps, momentum=bn.momentum, affine=bn.affine, track_running_stats=bn.track_running_stats
+    like = next(iter([*bn.parameters(), *bn.buffers()]), torch.empty(0))
+    new = skip_init(
+        type(bn),
+        len(idx),
+        eps=bn.eps,
+        momentum=bn.momentum,
+        affine=bn.affine,
+        track_running_stats=bn.track_running_stats,
+        device=like.device,
+        dtype=like.dtype,
     )
-    new = new.to(bn.weight if bn.affine else bn.running_mean)
     with torch.no_grad():
         if bn.affine:
             new.weight.copy_(bn.weight[idx])
@@ -163,7 +174,14 @@ def cut_linear(linear: nn.Linear, out_keep: Tensor | None = None, in_keep: Tenso
         weight = weight[_index(out_keep.cpu())]
     if in_keep is not None:
         weight = weight[:, _index(in_keep.cpu())]
-    new = nn.Linear(weight.shape[1], weight.shape[0], bias=linear.bias is not None).to(weight)
+    new = skip_init(
+        nn.Linear,
+        weight.shape[1],
+        weight.shape[0],
+        bias=linear.bias is not None,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
     with torch.no_grad():
         new.weight.copy_(weight)
         if linear.bias is not None:

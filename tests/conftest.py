@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +62,34 @@ def cifar10_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args, **kwargs: True)
     return root
+
+
+def read_offline_wandb_history(root: Path) -> list[dict]:
+    """History rows of the one offline W&B run under ``root``, read back from its ``run-*.wandb`` file.
+
+    The file is a LevelDB-style log (``:W&B`` header, 32 KiB blocks of records with a 7-byte header:
+    crc32, length, type FULL/FIRST/MIDDLE/LAST) of protobuf ``Record`` messages; wandb 0.31 ships the
+    protobuf classes but no Python reader, so the tests carry this one.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = list(Path(root).glob("wandb/offline-run-*/run-*.wandb"))
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B transaction log"
+    pos, block, pending, rows = 7, 32768, b"", []
+    while pos + 7 <= len(data):
+        space = block - pos % block
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if space < 7 or kind == 0:  # block trailer / zero padding
+            pos += space
+            continue
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            if record.WhichOneof("record_type") == "history":
+                items = record.history.item
+                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items})
+    return rows

@@ -83,7 +83,15 @@ def test_cosine_schedule_anneals_to_zero_over_the_run():
 def test_logs_loss_accuracy_and_sparsity():
     module = SSSModule(tiny_net(), gamma=0.5)
     trainer = fit(module, steps=8)
-    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "gates/overall", "gates/block", "gates/channel"):
+    for key in (
+        "train/loss",
+        "train/acc",
+        "val/loss",
+        "val/acc",
+        "sparsity/overall",
+        "sparsity/block",
+        "sparsity/channel",
+    ):
         assert key in trainer.callback_metrics, key
 
 

@@ -277,3 +277,13 @@ def test_every_registry_model_prunes_exactly(name, seed, p_zero):
     randomize_bn(model, gen)
     set_gates(model, "random", gen, p_zero)
     assert_same_outputs(model, prune(model), torch.randn(2, 3, 8, 8, generator=gen))
+
+
+def test_surgery_leaves_the_global_rng_alone():
+    """Snapshots during training must not change the data order or dropout masks that follow."""
+    gen = torch.Generator().manual_seed(5)
+    model = build_model("resnet20", width=4, gates="both")
+    set_gates(model, "random", gen)
+    state = torch.get_rng_state()
+    prune(model)
+    assert torch.equal(state, torch.get_rng_state())

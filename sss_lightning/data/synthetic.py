@@ -24,8 +24,13 @@ class SyntheticDataModule(ImageClassificationDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers)
-        for name, value in (("num_classes", num_classes), ("in_channels", in_channels),
-                            ("image_size", image_size), ("train_size", train_size), ("val_size", val_size)):
+        for name, value in (
+            ("num_classes", num_classes),
+            ("in_channels", in_channels),
+            ("image_size", image_size),
+            ("train_size", train_size),
+            ("val_size", val_size),
+        ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         self.num_classes, self.in_channels, self.image_size = num_classes, in_channels, image_size

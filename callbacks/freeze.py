@@ -1,0 +1,94 @@
+"""FreezeGates: stop the gate search once the structure has settled or a MACs budget is met."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import override
+
+from sss_lightning.flops import MacEstimator
+from sss_lightning.gates import gate_parameters, iter_gates
+from sss_lightning.surgery import prune
+
+
+class FreezeGates(Callback):
+    """Freeze every gate (``requires_grad=False``: the optimizer then skips them) at the end of an epoch when
+
+    * the set of exactly-zero gates has not changed for ``patience`` epochs, or
+    * the network surgery would produce costs at most ``target_macs`` (absolute MACs if > 1, else a
+      fraction of the unpruned network's MACs).
+
+    The weights keep training with the structure fixed. Frozen state is checkpointed and re-applied on
+    resume.
+    """
+
+    def __init__(
+        self, patience: int | None = 3, target_macs: float | None = None, input_size: list[int] | None = None
+    ) -> None:
+        if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+            raise ValueError(f"patience must be a positive int or None, got {patience!r}")
+        if target_macs is not None and not target_macs > 0:
+            raise ValueError(f"target_macs must be > 0 (MACs, or a fraction of the full model's), got {target_macs!r}")
+        if patience is None and target_macs is None:
+            raise ValueError("FreezeGates needs patience or target_macs (or both); with neither it never freezes")
+        self.patience = patience
+        self.target_macs = target_macs
+        self.input_size = list(input_size) if input_size is not None else None
+        self.frozen_at: int | None = None
+        self.stable_epochs = 0
+        self._last_pattern: list[bool] | None = None
+
+    def _pattern(self, net: torch.nn.Module) -> list[bool]:
+        return [bool(v) for info in iter_gates(net) for v in (info.module.scale == 0).flatten()]
+
+    def _budget_met(self, pl_module: L.LightningModule) -> bool:
+        if self.target_macs is None:
+            return False
+        size = self.input_size
+        if size is None and isinstance(pl_module.example_input_array, torch.Tensor):
+            size = list(pl_module.example_input_array.shape[1:])
+        if size is None:
+            raise ValueError("FreezeGates(target_macs=...) needs input_size: [C, H, W]")
+        estimator = MacEstimator(pl_module.net, size)
+        macs = estimator(prune(pl_module.net))
+        target = self.target_macs if self.target_macs > 1 else self.target_macs * estimator(pl_module.net)
+        return macs <= target
+
+    def _freeze(self, pl_module: L.LightningModule) -> None:
+        for p in gate_parameters(pl_module.net):
+            p.requires_grad_(False)
+
+    @override
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.frozen_at is not None:  # resumed after freezing
+            self._freeze(pl_module)
+
+    @override
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.frozen_at is not None or not list(iter_gates(pl_module.net)):
+            return
+        pattern = self._pattern(pl_module.net)
+        self.stable_epochs = self.stable_epochs + 1 if pattern == self._last_pattern else 0
+        self._last_pattern = pattern
+        settled = self.patience is not None and self.stable_epochs >= self.patience
+        if settled or self._budget_met(pl_module):
+            self._freeze(pl_module)
+            self.frozen_at = trainer.current_epoch + 1
+            reason = f"zero pattern unchanged for {self.stable_epochs} epochs" if settled else "MACs budget met"
+            rank_zero_info(f"FreezeGates: gates frozen after epoch {self.frozen_at} ({reason})")
+            for logger in trainer.loggers:
+                logger.log_metrics({"gates/frozen": 1.0}, step=trainer.global_step)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"frozen_at": self.frozen_at, "stable_epochs": self.stable_epochs, "last_pattern": self._last_pattern}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.frozen_at = state_dict.get("frozen_at")
+        self.stable_epochs = int(state_dict.get("stable_epochs", 0))
+        self._last_pattern = state_dict.get("last_pattern")

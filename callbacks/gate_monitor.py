@@ -163,7 +163,7 @@ class GateMonitor(Callback):
         zeros = np.argwhere(grid == 0)
         ax.scatter(zeros[:, 1], zeros[:, 0], marker="s", s=6, c="red", label="exactly 0")
         ax.set_yticks(range(len(gates)), [f"{i.name} ({i.kind})" for i in gates], fontsize=6)
-        ax.set(xlabel="structure index", title=f"Gate values, epoch {trainer.current_epoch}")
+        ax.set(xlabel="structure index", title=f"Gate values after epoch {trainer.current_epoch + 1}")
         ax.legend(loc="upper right", fontsize=7)
         fig.colorbar(image, ax=ax, label="gate value")
         fig.tight_layout()

@@ -72,6 +72,7 @@ class StructuralSurgery(Callback):
         self.saved_path: Path | None = None
         self.report: dict[str, float] = {}
         self.done = False
+        self._finetune_now = False  # set at fit start: fast_dev_run smoke tests do surgery at fit end
 
     def _input_size(self, pl_module: L.LightningModule) -> list[int]:
         if self.input_size is not None:
@@ -86,7 +87,8 @@ class StructuralSurgery(Callback):
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.finetune_epochs:
+        self._finetune_now = self.finetune_epochs > 0 and not trainer.fast_dev_run
+        if not self._finetune_now:
             return
         if trainer.max_epochs is None or trainer.max_epochs < 0 or trainer.max_epochs <= self.finetune_epochs:
             raise ValueError(
@@ -101,7 +103,7 @@ class StructuralSurgery(Callback):
 
     @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.done or not self.finetune_epochs or trainer.current_epoch < trainer.max_epochs - self.finetune_epochs:
+        if self.done or not self._finetune_now or trainer.current_epoch < trainer.max_epochs - self.finetune_epochs:
             return
         self._operate(trainer, pl_module)
         lr = self.finetune_lr or trainer.optimizers[0].param_groups[0]["lr"]

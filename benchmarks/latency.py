@@ -19,22 +19,10 @@ from jsonargparse import ArgumentParser
 from torch.utils.benchmark import Timer
 
 from sss_lightning.flops import count_flops
-from sss_lightning.gates import iter_gates
+from sss_lightning.gates import random_gate_pattern
 from sss_lightning.models import build_model
 from sss_lightning.module import load_sss_checkpoint
 from sss_lightning.surgery import prune
-
-
-def random_pattern(model: torch.nn.Module, zero_fraction: float, seed: int) -> None:
-    """Zero a random ``zero_fraction`` of every gate (at least one structure kept per gate)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for info in iter_gates(model):
-            s = info.module.scale
-            zero = torch.rand(s.shape, generator=gen) < zero_fraction
-            if zero.all() and s.numel() > 1:
-                zero[0] = False
-            s.copy_(torch.where(zero, 0.0, torch.rand(s.shape, generator=gen) + 0.5))
 
 
 def median_ms(model: torch.nn.Module, x: torch.Tensor, min_run_time: float) -> float:
@@ -63,7 +51,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     else:
         size = args.input_size or [3, 32, 32]
         gated = build_model(args.arch, gates=args.gates, in_channels=size[0])
-        random_pattern(gated, args.zero_fraction, args.seed)
+        random_gate_pattern(gated, args.zero_fraction, args.seed)
         source = f"{args.arch}, gates={args.gates}, random {args.zero_fraction:.0%} zero gates"
     gated.eval()
     start = time.perf_counter()

@@ -3,7 +3,7 @@
 from .flops import count_flops
 from .gates import BlockGate, ChannelGate, Gate, GroupGate, gate_parameters, iter_gates, sparsity
 from .io import load_pruned, save_pruned
-from .models import build_model, list_models, register_model
+from .models import add_gates, build_model, list_models, register_model
 from .module import SSSClassifier, SSSModule
 from .optim import APG
 from .surgery import prune
@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "APG",
+    "add_gates",
     "BlockGate",
     "ChannelGate",
     "Gate",

@@ -2,7 +2,8 @@
 
 ``fit``/``validate``/``test``/``predict`` are a LightningCLI whose model is any
 :class:`~sss_lightning.module.SSSModule` subclass and whose data is any LightningDataModule, both chosen
-by ``class_path`` in YAML; ``prune`` turns a training checkpoint into a pruned model file.
+by ``class_path`` in YAML; ``prune`` turns a training checkpoint into a pruned model file and ``models``
+lists the registered architectures with their MACs and parameters.
 LightningCLI's ``--optimizer`` and ``--lr_scheduler`` would silently replace the two-group APG set-up
 that SSS depends on, so they are refused with an error that says which model arguments to set instead.
 """
@@ -19,11 +20,13 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
 from .flops import count_flops, format_comparison
+from .gates import random_gate_pattern
 from .io import save_pruned
+from .models import build_model, default_input_size, list_models
 from .module import SSSModule, load_sss_checkpoint
 from .surgery import prune
 
-__all__ = ["SSSLightningCLI", "ConfigError", "main", "prune_command"]
+__all__ = ["SSSLightningCLI", "ConfigError", "main", "models_command", "prune_command"]
 
 
 class ConfigError(ValueError):
@@ -94,12 +97,49 @@ def prune_command(argv: list[str]) -> Path:
     return out
 
 
+def models_command(argv: list[str]) -> list[dict[str, Any]]:
+    """``sss-lightning models``: every registered architecture with its MACs and parameters."""
+    parser = ArgumentParser(prog="sss-lightning models", description=models_command.__doc__, default_env=False)
+    parser.add_argument("--names", type=list[str] | None, default=None, help="only these models")
+    parser.add_argument(
+        "--zero_fraction",
+        type=float | None,
+        default=None,
+        help="also show MACs/params after surgery of a random gate pattern with this zero fraction",
+    )
+    parser.add_argument("--num_classes", type=int | None, default=None, help="classes (default: the builder's)")
+    args = parser.parse_args(argv)
+    names = args.names or list_models()
+    kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
+    header = "| model | input | MACs | params |"
+    if args.zero_fraction is not None:
+        header += f" MACs, {args.zero_fraction:.0%} zero gates | params, {args.zero_fraction:.0%} zero gates |"
+    lines, rows = [header, "|" + "---|" * (header.count("|") - 1)], []
+    for name in names:
+        size = default_input_size(name)
+        model = build_model(name, **kwargs)
+        report = count_flops(model, size)
+        row: dict[str, Any] = {"model": name, "input_size": list(size), "macs": report.macs, "params": report.params}
+        line = f"| {name} | {'x'.join(map(str, size))} | {report.macs / 1e6:.1f}M | {report.params / 1e6:.2f}M |"
+        if args.zero_fraction is not None:
+            random_gate_pattern(model, args.zero_fraction)
+            after = count_flops(prune(model), size)
+            row.update(pruned_macs=after.macs, pruned_params=after.params)
+            line += f" {after.macs / 1e6:.1f}M | {after.params / 1e6:.2f}M |"
+        rows.append(row)
+        lines.append(line)
+    print("\n".join(lines))
+    return rows
+
+
 def main(args: ArgsType = None) -> None:
     """Entry point of ``sss-lightning`` and ``python -m sss_lightning``."""
     argv = list(sys.argv[1:] if args is None else args)
     try:
         if argv[:1] == ["prune"]:
             prune_command(argv[1:])
+        elif argv[:1] == ["models"]:
+            models_command(argv[1:])
         else:
             SSSLightningCLI(args=args)
     except ConfigError as err:

@@ -26,6 +26,7 @@ __all__ = [
     "gate_parameters",
     "has_gates",
     "sparsity",
+    "random_gate_pattern",
 ]
 
 
@@ -157,3 +158,22 @@ def sparsity(model: nn.Module) -> dict[str, float]:
         summary[f"{kind}_total"] = float(totals[kind])
     summary["overall"] = sum(zeros.values()) / sum(totals.values())
     return summary
+
+
+def random_gate_pattern(model: nn.Module, zero_fraction: float, seed: int = 0) -> None:
+    """Set every gate of ``model`` to a random pattern, in place: about ``zero_fraction`` of the factors of
+    each gate exactly zero (at least one kept per gate), the rest uniform in [0.5, 1.5).
+
+    For benchmarks and demos of surgery (what would a 50% sparse network cost?), not for training.
+    """
+    if not 0.0 <= zero_fraction <= 1.0:
+        raise ValueError(f"zero_fraction must be in [0, 1], got {zero_fraction}")
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for info in iter_gates(model):
+            scale = info.module.scale
+            zero = torch.rand(scale.shape, generator=gen) < zero_fraction
+            if zero.all() and scale.numel() > 1:
+                zero[0] = False
+            values = torch.rand(scale.shape, generator=gen) + 0.5
+            scale.copy_(torch.where(zero, 0.0, values).to(scale))

@@ -170,8 +170,15 @@ class SSSModule(L.LightningModule):
     def prepare_finetune(self, lr: float, total_steps: int) -> None:
         """Called after surgery replaced ``net``: the next ``configure_optimizers`` builds a fresh optimizer
         holding only the new network's parameters (Nesterov SGD, cosine from ``lr`` over ``total_steps``)."""
-        validate_hparams(lr=lr, momentum=self.hparams.momentum, gamma=0.0, weight_decay=0.0, mode="apg",
-                         nonnegative=False, where=" (fine-tune)")  # fmt: skip
+        validate_hparams(
+            lr=lr,
+            momentum=self.hparams.momentum,
+            gamma=0.0,
+            weight_decay=0.0,
+            mode="apg",
+            nonnegative=False,
+            where=" (fine-tune)",
+        )
         if total_steps < 1:
             raise ValueError(f"fine-tuning needs at least one step, got total_steps={total_steps}")
         self._finetune = {"lr": float(lr), "steps": int(total_steps)}

@@ -145,3 +145,66 @@ def test_prune_command_refuses_a_foreign_checkpoint(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["prune", "--ckpt", str(tmp_path / "x.ckpt")])
     assert "is not a Lightning checkpoint of an SSSModule" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "config, overrides",
+    [
+        ("resnext_cifar.yaml", ['--model.init_args.arch_kwargs={"base_width": 2, "stem_width": 8, "out_width": 16}']),
+        ("vgg_cifar.yaml", ['--model.init_args.arch_kwargs={"width_mult": 0.125}']),
+    ],
+)
+def test_resnext_and_vgg_configs_fit_from_the_cli(config, overrides, tmp_path, monkeypatch, cifar10_dir):
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(UserWarning, match="no gate reached exactly zero"):
+        main(
+            [
+                "fit",
+                "--config",
+                str(EXPERIMENTS / config),
+                "--trainer.fast_dev_run=1",
+                "--trainer.accelerator=cpu",
+                "--data.init_args.data_dir",
+                str(cifar10_dir),
+                "--data.init_args.download=false",
+                "--data.init_args.batch_size=4",
+                "--data.init_args.num_workers=0",
+                *overrides,
+            ]
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:StructuralSurgery")  # whether one step zeroes a gate depends on the batch
+def test_imagenet_config_fits_on_a_tiny_image_folder(tmp_path, monkeypatch):
+    from tests.test_architectures import make_image_folder
+
+    root = make_image_folder(tmp_path / "imnet")
+    monkeypatch.chdir(tmp_path)
+    if True:
+        main(
+            [
+                "fit",
+                "--config",
+                str(EXPERIMENTS / "resnet50_imagenet.yaml"),
+                "--trainer.fast_dev_run=1",
+                "--trainer.accelerator=cpu",
+                "--model.init_args.num_classes=2",
+                "--data.init_args.data_dir",
+                str(root),
+                "--data.init_args.batch_size=2",
+                "--data.init_args.num_workers=0",
+                "--data.init_args.image_size=32",
+                "--data.init_args.val_resize=36",
+            ]
+        )
+
+
+def test_models_command_lists_macs_and_params(capsys):
+    from sss_lightning.cli import models_command
+
+    rows = models_command(["--names", "[resnet20, vgg11]", "--zero_fraction", "0.5"])
+    out = capsys.readouterr().out
+    assert "| resnet20 | 3x32x32 | 40.8M | 0.27M |" in out and "| vgg11 |" in out
+    assert all(row["pruned_macs"] < row["macs"] for row in rows)

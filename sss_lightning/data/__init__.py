@@ -3,6 +3,7 @@
 from .base import ImageClassificationDataModule
 from .cifar import CIFAR10DataModule, CIFAR100DataModule
 from .fashion_mnist import FashionMNISTDataModule
+from .imagenet import ImageNetDataModule
 from .synthetic import SyntheticDataModule
 
 __all__ = [
@@ -10,5 +11,6 @@ __all__ = [
     "CIFAR100DataModule",
     "FashionMNISTDataModule",
     "ImageClassificationDataModule",
+    "ImageNetDataModule",
     "SyntheticDataModule",
 ]

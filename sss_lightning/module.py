@@ -132,11 +132,37 @@ class SSSModule(L.LightningModule):
         if self.example_input_array is None:  # one input's shape, for FLOPs counting and surgery reports
             self.example_input_array = torch.zeros_like(batch[0][:1], device="cpu")
         loss = self._shared_step(batch, "train", self.train_acc)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training diverged: the loss is {loss.item()} at epoch {self.current_epoch}, step "
+                f"{self.global_step}. The run stops before any snapshot or surgery writes a broken model, and "
+                "the last checkpoint is kept. Fix: lower lr or gamma, or set trainer.gradient_clip_val"
+            )
         summary = sparsity(self.net)
         if summary:  # a network already pruned (fine-tuning after surgery) has no gates left
             self.log_dict({f"sparsity/{k}": v for k, v in summary.items() if "_" not in k}, on_step=True)
             self.log("sparsity", summary["overall"], prog_bar=True, logger=False)
         return loss
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer step, then a check that no gate became non-finite, before any callback (checkpoint,
+        snapshot, surgery) sees the new state."""
+        super().optimizer_step(*args, **kwargs)
+        scales = [p.detach().flatten() for p in gate_parameters(self.net)]
+        if scales and not torch.isfinite(torch.cat(scales)).all():
+            raise FloatingPointError(
+                f"a gate became non-finite at epoch {self.current_epoch}, step {self.global_step}; the run stops "
+                "before any snapshot or surgery writes a broken model. Fix: lower lr, gate_lr or gamma"
+            )
+
+    def on_train_start(self) -> None:
+        accumulate, batches = self.trainer.accumulate_grad_batches, self.trainer.num_training_batches
+        if accumulate > batches:
+            raise ValueError(
+                f"accumulate_grad_batches={accumulate} is larger than an epoch ({batches} batches), so the "
+                "optimizer would step only at epoch ends with partial sums. Fix: lower accumulate_grad_batches "
+                f"to at most {batches}, or use more batches per epoch"
+            )
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "val", self.val_acc)

@@ -2,8 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Shuffles with a generator seeded by ``seed + epoch`` (Lightning calls ``set_epoch``), so epoch k sees
+    the same order whether or not the run was interrupted and resumed from a checkpoint in between."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
 
 
 class ImageClassificationDataModule(L.LightningDataModule):
@@ -32,10 +53,12 @@ class ImageClassificationDataModule(L.LightningDataModule):
     def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() has not run; let the Trainer call it")
+        # shuffling seeded by the run's seed (seed_everything) and the epoch: resumes see the same order
+        sampler = EpochShuffleSampler(len(dataset), torch.initial_seed()) if shuffle else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,

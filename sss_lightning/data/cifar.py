@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 from torchvision import transforms
@@ -51,7 +52,7 @@ class CIFAR10DataModule(ImageClassificationDataModule):
         try:
             self.train_set = self.dataset_cls(self.data_dir, train=True, transform=transforms.Compose(aug + norm))
             self.val_set = self.dataset_cls(self.data_dir, train=False, transform=transforms.Compose(norm))
-        except RuntimeError as err:
+        except (RuntimeError, OSError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as err:
             raise RuntimeError(
                 f"{self.dataset_cls.__name__} in {self.data_dir!r} is incomplete or corrupted ({err}). "
                 "Fix: delete the folder and run with download: true."

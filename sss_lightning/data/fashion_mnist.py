@@ -87,5 +87,11 @@ class FashionMNISTDataModule(ImageClassificationDataModule):
     def setup(self, stage: str | None = None) -> None:
         norm = [transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
         aug = [transforms.RandomCrop(28, padding=2), transforms.RandomHorizontalFlip()] if self.augment else []
-        self.train_set = FashionMNIST(self.data_dir, train=True, transform=transforms.Compose(aug + norm))
-        self.val_set = FashionMNIST(self.data_dir, train=False, transform=transforms.Compose(norm))
+        try:
+            self.train_set = FashionMNIST(self.data_dir, train=True, transform=transforms.Compose(aug + norm))
+            self.val_set = FashionMNIST(self.data_dir, train=False, transform=transforms.Compose(norm))
+        except (AssertionError, RuntimeError, ValueError, OSError) as err:
+            raise ValueError(
+                f"the files in {self._raw_folder()} are not Fashion-MNIST IDX files ({type(err).__name__}: {err}). "
+                "Fix: delete that folder so they are unpacked again, or point data_dir elsewhere"
+            ) from err

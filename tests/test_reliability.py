@@ -1,0 +1,162 @@
+"""Faults a pruning run must survive or report clearly, before any work is lost."""
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from sss_lightning import SSSClassifier, SSSModule, load_pruned
+from sss_lightning.callbacks import PruningSnapshot, StructuralSurgery
+from sss_lightning.data import FashionMNISTDataModule, SyntheticDataModule
+from sss_lightning.gates import gate_parameters
+from sss_lightning.optim import APG
+
+
+def tiny(**kwargs) -> SSSClassifier:
+    return SSSClassifier(arch="resnet20", num_classes=4, gates="both", arch_kwargs={"width": 4}, **kwargs)
+
+
+def data(**kwargs) -> SyntheticDataModule:
+    return SyntheticDataModule(num_classes=4, image_size=8, train_size=64, batch_size=16, **kwargs)
+
+
+def trainer(tmp_path, callbacks=(), **kwargs) -> L.Trainer:
+    base = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    return L.Trainer(callbacks=list(callbacks), **{**base, **kwargs})
+
+
+class Poison(L.Callback):
+    """At a given step, makes the loss NaN (poisoned weights before the batch) or a gate's gradient NaN
+    (so the optimizer step itself makes the gate NaN)."""
+
+    def __init__(self, step: int, target: str) -> None:
+        self.step, self.target = step, target
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.target == "loss" and trainer.global_step == self.step:
+            with torch.no_grad():
+                pl_module.net.head[2].weight.fill_(float("nan"))
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if self.target == "gate" and trainer.global_step == self.step:
+            gate_parameters(pl_module.net)[0].grad.fill_(float("nan"))
+
+
+@pytest.mark.parametrize(
+    "target, message", [("loss", "training diverged: the loss is nan"), ("gate", "a gate became non-finite")]
+)
+def test_nan_stops_the_run_before_snapshots_or_surgery_write_and_keeps_the_last_checkpoint(tmp_path, target, message):
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_last=True)
+    callbacks = [Poison(6, target), PruningSnapshot(), StructuralSurgery(), ckpt]
+    with pytest.raises(FloatingPointError, match=message):
+        trainer(tmp_path, callbacks, max_epochs=3).fit(tiny(gamma=0.3), datamodule=data())
+    assert not (tmp_path / "pruned.pt").exists()
+    # only the snapshot of the healthy first epoch (4 steps) exists, and it is finite
+    assert sorted(p.name for p in (tmp_path / "snapshots").glob("*.pt")) == ["snapshot-epoch001.pt"]
+    assert all(
+        torch.isfinite(p).all() for p in load_pruned(tmp_path / "snapshots" / "snapshot-epoch001.pt").parameters()
+    )
+    good = SSSClassifier.load_from_checkpoint(tmp_path / "ckpt" / "last.ckpt")
+    assert all(torch.isfinite(p).all() for p in good.parameters())
+
+
+def test_accumulate_larger_than_an_epoch_is_refused_before_training(tmp_path):
+    module = tiny()
+    before = [p.detach().clone() for p in module.parameters()]
+    with pytest.raises(ValueError, match=r"accumulate_grad_batches=8 is larger than an epoch \(4 batches\)"):
+        trainer(tmp_path, max_epochs=1, accumulate_grad_batches=8).fit(module, datamodule=data())
+    assert all(torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
+
+
+def test_gradient_accumulation_steps_gates_once_per_accumulated_batch(tmp_path):
+    seen: list[torch.Tensor] = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            seen.append(torch.cat([p.detach().flatten() for p in gate_parameters(pl_module.net)]).clone())
+
+    module = tiny(gamma=0.3, schedule="cosine")
+    t = trainer(tmp_path, [Record()], max_epochs=2, accumulate_grad_batches=2)
+    t.fit(module, datamodule=data())
+    assert t.global_step == 4  # 8 batches, one optimizer step per 2
+    changed = [not torch.equal(a, b) for a, b in zip(seen, seen[1:], strict=False)]
+    assert changed == [True, False, True, False, True, False, True]
+    assert t.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine over 4 steps
+
+
+def test_bf16_mixed_precision_trains_through_the_closure(tmp_path, monkeypatch):
+    calls = []
+    original = APG.step
+
+    def spy(self, closure=None):
+        calls.append(closure is not None)
+        return original(self, closure)
+
+    monkeypatch.setattr(APG, "step", spy)
+    module = tiny(gamma=0.3)
+    trainer(tmp_path, max_steps=4, precision="bf16-mixed").fit(module, datamodule=data())
+    assert calls == [True] * 4
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_grad_scaler_skips_an_inf_step_and_leaves_gates_and_apg_state_unchanged():
+    gate = torch.nn.Parameter(torch.tensor([0.5, 1.0]))
+    optimizer = APG([gate], lr=0.1, gamma=0.1, nonnegative=True)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    scaler.scale((gate * 2).sum()).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    state = {k: v.clone() for k, v in optimizer.state[gate].items()}
+    value = gate.detach().clone()
+    optimizer.zero_grad()
+    scaler.scale((gate * float("inf")).sum()).backward()  # an overflowing step
+    scaler.step(optimizer)
+    scaler.update()
+    assert torch.equal(gate.detach(), value)
+    assert all(torch.equal(optimizer.state[gate][k], v) for k, v in state.items())
+
+
+def test_fashion_mnist_files_of_the_wrong_format_are_named(tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
+        (raw / name).write_bytes(b"not an idx file")
+    dm = FashionMNISTDataModule(data_dir=str(tmp_path), source_dir=None)
+    with pytest.raises(ValueError, match="are not Fashion-MNIST IDX files.*delete that folder"):
+        dm.setup("fit")
+
+
+def test_pruned_model_equals_gated_even_when_a_stage_loses_every_block(tmp_path):
+    from sss_lightning import prune
+    from tests.test_surgery import assert_same_outputs
+
+    module = tiny()
+    with torch.no_grad():
+        for block in module.net.layer2:
+            block.gate.scale.zero_()  # a whole stage of residual branches
+    pruned = prune(module.net)
+    assert all(block.branch is None for block in pruned.layer2)
+    assert_same_outputs(module.net, pruned, torch.randn(2, 3, 8, 8))
+
+
+def test_module_built_with_net_cannot_be_rebuilt_by_the_prune_command(tmp_path, capsys):
+    from sss_lightning.cli import main
+    from sss_lightning.models import build_model
+
+    module = SSSModule(net=build_model("resnet20", width=4, num_classes=4), gamma=0.3)
+    t = trainer(tmp_path, max_steps=1)
+    t.fit(module, datamodule=data())
+    t.save_checkpoint(tmp_path / "m.ckpt")
+    with pytest.raises(SystemExit):
+        main(["prune", "--ckpt", str(tmp_path / "m.ckpt")])
+    assert "cannot rebuild sss_lightning.module.SSSModule" in capsys.readouterr().err
+
+
+def test_snapshot_files_reload(tmp_path):
+    trainer(tmp_path, [PruningSnapshot()], max_epochs=1).fit(tiny(gamma=0.3), datamodule=data())
+    assert load_pruned(tmp_path / "snapshots" / "snapshot-epoch001.pt").sss_metadata["epoch"] == 1

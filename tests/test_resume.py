@@ -1,0 +1,79 @@
+"""A run interrupted and resumed from its checkpoint continues as if it had never stopped."""
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from sss_lightning import SSSClassifier
+from sss_lightning.callbacks import FreezeGates, GateMonitor, PruningSnapshot
+from sss_lightning.data import SyntheticDataModule
+
+pytestmark = pytest.mark.slow
+
+
+def make() -> SSSClassifier:
+    torch.manual_seed(0)
+    return SSSClassifier(
+        arch="resnet20", num_classes=4, gates="both", arch_kwargs={"width": 4}, gamma=0.3, schedule="cosine"
+    )
+
+
+def data() -> SyntheticDataModule:
+    return SyntheticDataModule(num_classes=4, image_size=8, train_size=64, batch_size=16)  # 4 batches an epoch
+
+
+class Kill(L.Callback):
+    """Stands in for a crash: raises at a given optimizer step (the checkpoint before it is on disk)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError("killed")
+
+
+def callbacks():
+    return [GateMonitor(log_every_n_steps=2, plots=False), PruningSnapshot(), FreezeGates(patience=2)]
+
+
+def run(tmp_path, extra=(), ckpt_path=None, kill=None):
+    monitor, snapshot, freeze = cbs = callbacks()
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_epochs=1, enable_version_counter=False)
+    all_cbs = [*cbs, ckpt, *extra] + ([Kill(kill)] if kill is not None else [])
+    trainer = L.Trainer(
+        max_epochs=4,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=all_cbs,
+    )
+    module = make()
+    L.seed_everything(0)
+    try:
+        trainer.fit(module, datamodule=data(), ckpt_path=ckpt_path)
+    except RuntimeError as err:
+        assert "killed" in str(err)
+    return module, trainer, monitor, snapshot, freeze
+
+
+def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(tmp_path):
+    whole, whole_trainer, whole_monitor, whole_snapshot, whole_freeze = run(tmp_path / "whole")
+    run(tmp_path / "cut", kill=9)  # dies in epoch 3; last.ckpt is from the end of epoch 2 (step 8)
+    resumed, trainer, monitor, snapshot, freeze = run(
+        tmp_path / "cut", ckpt_path=tmp_path / "cut" / "ckpt" / "last.ckpt"
+    )
+
+    assert trainer.global_step == whole_trainer.global_step == 16
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)  # weights, gates, BN statistics
+    opt_a, opt_b = whole_trainer.optimizers[0], trainer.optimizers[0]
+    for pa, pb in zip(opt_a.state.values(), opt_b.state.values(), strict=True):  # APG momentum
+        torch.testing.assert_close(pa["momentum_buffer"], pb["momentum_buffer"], rtol=1e-5, atol=1e-6)
+    assert [g["lr"] for g in opt_a.param_groups] == pytest.approx([g["lr"] for g in opt_b.param_groups])
+    assert [r["epoch"] for r in snapshot.rows] == [r["epoch"] for r in whole_snapshot.rows] == [1, 2, 3, 4]
+    steps = [h["step"] for h in monitor.history]
+    assert steps == [h["step"] for h in whole_monitor.history] and steps == sorted(steps)  # no step goes back
+    assert freeze.frozen_at == whole_freeze.frozen_at

@@ -77,3 +77,38 @@ def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(tmp_path):
     steps = [h["step"] for h in monitor.history]
     assert steps == [h["step"] for h in whole_monitor.history] and steps == sorted(steps)  # no step goes back
     assert freeze.frozen_at == whole_freeze.frozen_at
+
+
+def test_resume_during_finetuning_rebuilds_the_pruned_network_and_its_optimizer(tmp_path):
+    from sss_lightning.callbacks import StructuralSurgery
+    from sss_lightning.gates import iter_gates
+
+    def go(root, ckpt_path=None, kill=None):
+        ckpt = ModelCheckpoint(dirpath=root / "ckpt", save_last=True, enable_version_counter=False)
+        cbs = [StructuralSurgery(finetune_epochs=2, finetune_lr=0.02), ckpt] + ([Kill(kill)] if kill else [])
+        trainer = L.Trainer(
+            max_epochs=4,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=root,
+            callbacks=cbs,
+        )
+        module = make()
+        L.seed_everything(0)
+        try:
+            trainer.fit(module, datamodule=data(), ckpt_path=ckpt_path)
+        except RuntimeError as err:
+            assert "killed" in str(err)
+        return module, trainer
+
+    whole, whole_trainer = go(tmp_path / "whole")
+    go(tmp_path / "cut", kill=13)  # surgery at epoch 3 (step 8); dies in epoch 4; last.ckpt: end of epoch 3
+    resumed, trainer = go(tmp_path / "cut", ckpt_path=tmp_path / "cut" / "ckpt" / "last.ckpt")
+    assert not list(iter_gates(resumed.net))
+    optimizer = trainer.optimizers[0]
+    assert [id(p) for g in optimizer.param_groups for p in g["params"]] == [id(p) for p in resumed.net.parameters()]
+    for p in resumed.net.parameters():
+        assert optimizer.state[p]["momentum_buffer"].shape == p.shape
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)

@@ -14,6 +14,8 @@ from sss_lightning.flops import MacEstimator
 from sss_lightning.gates import gate_parameters, iter_gates
 from sss_lightning.surgery import prune
 
+from .input_size import check_input_size, require_input_size
+
 
 class FreezeGates(Callback):
     """Freeze every gate (``requires_grad=False``: the optimizer then skips them) at the end of an epoch when
@@ -37,7 +39,7 @@ class FreezeGates(Callback):
             raise ValueError("FreezeGates needs patience or target_macs (or both); with neither it never freezes")
         self.patience = patience
         self.target_macs = target_macs
-        self.input_size = list(input_size) if input_size is not None else None
+        self.input_size = check_input_size(input_size)
         self.frozen_at: int | None = None
         self.stable_epochs = 0
         self._last_pattern: list[bool] | None = None
@@ -48,11 +50,7 @@ class FreezeGates(Callback):
     def _budget_met(self, pl_module: L.LightningModule) -> bool:
         if self.target_macs is None:
             return False
-        size = self.input_size
-        if size is None and isinstance(pl_module.example_input_array, torch.Tensor):
-            size = list(pl_module.example_input_array.shape[1:])
-        if size is None:
-            raise ValueError("FreezeGates(target_macs=...) needs input_size: [C, H, W]")
+        size = require_input_size(self.input_size, pl_module, "FreezeGates(target_macs=...)")
         estimator = MacEstimator(pl_module.net, size)
         macs = estimator(prune(pl_module.net))
         target = self.target_macs if self.target_macs > 1 else self.target_macs * estimator(pl_module.net)

@@ -16,6 +16,8 @@ from sss_lightning.flops import MacEstimator
 from sss_lightning.gates import GATE_KINDS, iter_gates, sparsity
 from sss_lightning.surgery import prune
 
+from .input_size import check_input_size, find_input_size
+
 
 def gate_stats(net: torch.nn.Module) -> dict[str, float]:
     """Zero fraction per kind, per stage (first component of the gate's path) and overall; live counts."""
@@ -57,10 +59,8 @@ class GateMonitor(Callback):
     ) -> None:
         if isinstance(log_every_n_steps, bool) or not isinstance(log_every_n_steps, int) or log_every_n_steps < 1:
             raise ValueError(f"log_every_n_steps must be a positive int, got {log_every_n_steps!r}")
-        if input_size is not None and (len(input_size) != 3 or any(int(s) < 1 for s in input_size)):
-            raise ValueError(f"input_size must be (C, H, W) with positive sizes, got {input_size!r}")
         self.log_every_n_steps = log_every_n_steps
-        self.input_size = list(input_size) if input_size is not None else None
+        self.input_size = check_input_size(input_size)
         self.dirpath = dirpath
         self.plots = plots
         self.history: list[dict[str, float]] = []
@@ -69,12 +69,9 @@ class GateMonitor(Callback):
 
     def _macs(self, pl_module: L.LightningModule) -> dict[str, float]:
         if self._estimator is None:
-            size = self.input_size
-            x = pl_module.example_input_array
-            if size is None and isinstance(x, torch.Tensor):
-                size = list(x.shape[1:])
+            size = find_input_size(self.input_size, pl_module)
             if size is None:
-                return {}
+                return {}  # no MACs curve without an input size; the other curves still are logged
             self._estimator = MacEstimator(pl_module.net, size)
             self._full_macs = self._estimator(pl_module.net)
         macs = self._estimator(prune(pl_module.net))

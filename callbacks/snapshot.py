@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
@@ -14,6 +13,8 @@ from typing_extensions import override
 from sss_lightning.flops import MacEstimator
 from sss_lightning.io import save_pruned
 from sss_lightning.surgery import prune
+
+from .input_size import check_input_size, require_input_size
 
 
 class PruningSnapshot(Callback):
@@ -41,12 +42,10 @@ class PruningSnapshot(Callback):
             raise ValueError(f"every_n_epochs must be a positive int, got {every_n_epochs!r}")
         if epochs is not None and (not epochs or any(int(e) < 1 for e in epochs)):
             raise ValueError(f"epochs must be a non-empty list of epoch numbers >= 1, got {epochs!r}")
-        if input_size is not None and (len(input_size) != 3 or any(int(s) < 1 for s in input_size)):
-            raise ValueError(f"input_size must be (C, H, W) with positive sizes, got {input_size!r}")
         self.every_n_epochs = every_n_epochs
         self.epochs = sorted(int(e) for e in epochs) if epochs is not None else None
         self.dirpath = dirpath
-        self.input_size = list(input_size) if input_size is not None else None
+        self.input_size = check_input_size(input_size)
         self.rows: list[dict[str, Any]] = []
 
     def _due(self, epoch: int) -> bool:
@@ -62,11 +61,7 @@ class PruningSnapshot(Callback):
         epoch = trainer.current_epoch + 1
         if not self._due(epoch) or any(row["epoch"] == epoch for row in self.rows):
             return
-        size = self.input_size
-        if size is None and isinstance(pl_module.example_input_array, torch.Tensor):
-            size = list(pl_module.example_input_array.shape[1:])
-        if size is None:
-            raise ValueError("PruningSnapshot needs input_size: [C, H, W] (the module has recorded no input)")
+        size = require_input_size(self.input_size, pl_module, "PruningSnapshot")
         pruned = prune(pl_module.net)
         estimator = MacEstimator(pruned, size)
         row: dict[str, Any] = {

@@ -17,6 +17,8 @@ from sss_lightning.gates import iter_gates
 from sss_lightning.io import save_pruned
 from sss_lightning.surgery import prune
 
+from .input_size import check_input_size, require_input_size
+
 
 def smallest_gates(net: torch.nn.Module, k: int = 5) -> list[tuple[str, float]]:
     """The ``k`` smallest gate values with their ``path[index]``, for a report when none reached zero."""
@@ -57,15 +59,13 @@ class StructuralSurgery(Callback):
     ) -> None:
         if not filename or os.sep in filename:
             raise ValueError(f"filename must be a plain file name, got {filename!r}; put folders in dirpath")
-        if input_size is not None and (len(input_size) != 3 or any(int(s) < 1 for s in input_size)):
-            raise ValueError(f"input_size must be (C, H, W) with positive sizes, got {input_size!r}")
         if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int) or finetune_epochs < 0:
             raise ValueError(f"finetune_epochs must be an int >= 0, got {finetune_epochs!r}")
         if finetune_lr is not None and not finetune_lr > 0:
             raise ValueError(f"finetune_lr must be > 0, got {finetune_lr!r}")
         self.dirpath = dirpath
         self.filename = filename
-        self.input_size = list(input_size) if input_size is not None else None
+        self.input_size = check_input_size(input_size)
         self.finetune_epochs = finetune_epochs
         self.finetune_lr = finetune_lr
         self.evaluate = evaluate
@@ -75,15 +75,7 @@ class StructuralSurgery(Callback):
         self._finetune_now = False  # set at fit start: fast_dev_run smoke tests do surgery at fit end
 
     def _input_size(self, pl_module: L.LightningModule) -> list[int]:
-        if self.input_size is not None:
-            return self.input_size
-        x = pl_module.example_input_array
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(
-                "StructuralSurgery needs the input size for FLOPs: set input_size: [C, H, W], or let the "
-                "module see a training batch (SSSModule records its shape)"
-            )
-        return list(x.shape[1:])
+        return require_input_size(self.input_size, pl_module, "StructuralSurgery")
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

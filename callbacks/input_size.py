@@ -1,0 +1,35 @@
+"""The (C, H, W) the callbacks count MACs at: given explicitly, or recorded by the module from a batch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+
+
+def check_input_size(input_size: Sequence[int] | None) -> list[int] | None:
+    """Validate a user-given ``(C, H, W)`` at construction time."""
+    if input_size is None:
+        return None
+    if len(input_size) != 3 or any(isinstance(s, bool) or int(s) < 1 for s in input_size):
+        raise ValueError(f"input_size must be (C, H, W) with positive sizes, got {input_size!r}")
+    return [int(s) for s in input_size]
+
+
+def find_input_size(explicit: list[int] | None, pl_module: L.LightningModule) -> list[int] | None:
+    """``explicit`` if given, else the shape of ``pl_module.example_input_array`` (SSSModule records it)."""
+    if explicit is not None:
+        return explicit
+    x = pl_module.example_input_array
+    return list(x.shape[1:]) if isinstance(x, torch.Tensor) else None
+
+
+def require_input_size(explicit: list[int] | None, pl_module: L.LightningModule, owner: str) -> list[int]:
+    size = find_input_size(explicit, pl_module)
+    if size is None:
+        raise ValueError(
+            f"{owner} needs the input size for MACs: set input_size: [C, H, W], or use a module that records "
+            "the shape of its training batches (SSSModule does)"
+        )
+    return size

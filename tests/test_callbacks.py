@@ -1,3 +1,5 @@
+import subprocess
+import sys
 import time
 
 import lightning as L
@@ -285,10 +287,16 @@ def test_checkpoint_after_surgery_reloads_into_the_smaller_architecture(tmp_path
     )
     trainer.fit(module, datamodule=SyntheticDataModule(num_classes=4, image_size=8, train_size=64, batch_size=16))
     trainer.save_checkpoint(tmp_path / "after.ckpt")
-    loaded = SSSClassifier.load_from_checkpoint(tmp_path / "after.ckpt")
     x = torch.randn(2, 3, 8, 8)
-    assert not list(iter_gates(loaded.net))
-    assert torch.equal(loaded.eval()(x), module.eval()(x))
+    torch.save({"x": x, "y": module.eval()(x).detach()}, tmp_path / "io.pt")
+    code = (  # a fresh process: nothing but the checkpoint tells it the network is the pruned one
+        "import torch; from sss_lightning import SSSClassifier; from sss_lightning.gates import iter_gates; "
+        f"m = SSSClassifier.load_from_checkpoint(r'{tmp_path / 'after.ckpt'}').eval(); "
+        f"d = torch.load(r'{tmp_path / 'io.pt'}'); assert not list(iter_gates(m.net)); "
+        "assert torch.equal(m(d['x']), d['y'])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_freeze_gates_once_pattern_is_stable(tmp_path):

@@ -10,6 +10,8 @@ that SSS depends on, so they are refused with an error that says which model arg
 
 from __future__ import annotations
 
+import netrc
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import lightning as L
 from jsonargparse import ArgumentParser
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import ArgsType, LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
 
 from .flops import count_flops, format_comparison
 from .gates import random_gate_pattern
@@ -51,6 +54,7 @@ class SSSLightningCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        _offline_without_wandb_key(config)
         for key in ("optimizer", "lr_scheduler"):
             if config.get(key) is not None:
                 raise ConfigError(
@@ -130,6 +134,32 @@ def models_command(argv: list[str]) -> list[dict[str, Any]]:
         lines.append(line)
     print("\n".join(lines))
     return rows
+
+
+def wandb_key_available() -> bool:
+    """Whether W&B could log online without prompting: WANDB_API_KEY, or a key stored by `wandb login`."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        hosts = netrc.netrc().hosts
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+    return any("wandb" in host for host in hosts)
+
+
+def _offline_without_wandb_key(config: Any) -> None:
+    """An online WandbLogger with no API key would prompt or fail mid-run: log offline instead, and say so."""
+    loggers = config.get("trainer", {}).get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        if not hasattr(logger, "get") or not str(logger.get("class_path", "")).endswith("WandbLogger"):
+            continue
+        init_args = logger.get("init_args")
+        if init_args is not None and not init_args.get("offline") and not wandb_key_available():
+            init_args["offline"] = True
+            rank_zero_warn(
+                "W&B: no API key found (WANDB_API_KEY or `wandb login`), so this run logs offline instead of "
+                "online; upload it later with `wandb login` and `wandb sync <run folder>`"
+            )
 
 
 def main(args: ArgsType = None) -> None:

@@ -208,3 +208,27 @@ def test_models_command_lists_macs_and_params(capsys):
     out = capsys.readouterr().out
     assert "| resnet20 | 3x32x32 | 40.8M | 0.27M |" in out and "| vgg11 |" in out
     assert all(row["pruned_macs"] < row["macs"] for row in rows)
+
+
+def test_online_wandb_without_a_key_falls_back_to_offline_instead_of_prompting(tmp_path, monkeypatch, fashion_gz_dir):
+    from lightning.pytorch.loggers import WandbLogger
+
+    from sss_lightning.cli import SSSLightningCLI
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc with a stored key
+    monkeypatch.delenv("NETRC", raising=False)
+    with pytest.warns(UserWarning, match="no API key found .* logs offline"):
+        cli = SSSLightningCLI(
+            args=[
+                "--config",
+                str(EXPERIMENTS / "fashion_mnist_quick.yaml"),
+                "--trainer.logger.init_args.offline=false",
+                "--data.init_args.source_dir",
+                str(fashion_gz_dir),
+            ],
+            run=False,
+        )
+    (logger,) = [lg for lg in cli.trainer.loggers if isinstance(lg, WandbLogger)]
+    assert logger._offline is True

@@ -112,3 +112,22 @@ def test_resume_during_finetuning_rebuilds_the_pruned_network_and_its_optimizer(
         assert optimizer.state[p]["momentum_buffer"].shape == p.shape
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_resume_from_a_mid_epoch_checkpoint_skips_the_batches_already_trained_on(tmp_path):
+    kw = dict(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    L.seed_everything(0)
+    whole = make()
+    L.Trainer(default_root_dir=tmp_path / "whole", enable_checkpointing=False, **kw).fit(whole, datamodule=data())
+
+    L.seed_everything(0)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=6, save_top_k=-1)
+    with pytest.raises(RuntimeError, match="killed"):  # step 6 is half-way through epoch 2 (4 batches each)
+        L.Trainer(default_root_dir=tmp_path / "cut", callbacks=[ckpt, Kill(7)], **kw).fit(make(), datamodule=data())
+    L.seed_everything(0)
+    resumed = make()
+    trainer = L.Trainer(default_root_dir=tmp_path / "cut", enable_checkpointing=False, **kw)
+    trainer.fit(resumed, datamodule=data(), ckpt_path=tmp_path / "ckpt" / "epoch=1-step=6.ckpt")
+    assert trainer.global_step == 12
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)

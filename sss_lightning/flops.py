@@ -8,12 +8,16 @@ unsupported-op warnings to print and a gated model and its pruned copy are count
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from .gates import iter_gates
+from .surgery import prune
 
 with warnings.catch_warnings():  # fvcore (last released 2022) calls torch.jit.script at import time
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
@@ -27,7 +31,7 @@ with warnings.catch_warnings():  # fvcore (last released 2022) calls torch.jit.s
         matmul_flop_jit,
     )
 
-__all__ = ["FlopReport", "MacEstimator", "count_flops", "format_comparison", "comparison_dict"]
+__all__ = ["FlopReport", "MacEstimator", "count_flops", "format_comparison", "comparison_dict", "structure_costs"]
 
 # fvcore's own handles for the fused multiply-add ops (those of FlopCountAnalysis), and no others.
 _MAC_HANDLES = {
@@ -171,3 +175,27 @@ def comparison_dict(before: FlopReport, after: FlopReport) -> dict[str, float]:
     out["macs_reduction"] = 1.0 - after.macs / before.macs if before.macs else 0.0
     out["params_reduction"] = 1.0 - after.params / before.params if before.params else 0.0
     return out
+
+
+def structure_costs(model: nn.Module, input_size: Sequence[int]) -> dict[str, float]:
+    """MACs one structure of each gate costs: how much surgery saves when only that structure is zero.
+
+    Measured on a copy with every gate at 1, zeroing the first structure of one gate at a time (the
+    structures of one gate cost the same: channels of one layer, groups of one conv, a block's branch).
+    Keys are the gates' module paths. Used by the cost-weighted L1 penalty.
+    """
+
+    probe = copy.deepcopy(model).eval()
+    gates = list(iter_gates(probe))
+    with torch.no_grad():
+        for info in gates:
+            info.module.scale.fill_(1.0)
+    estimate = MacEstimator(probe, input_size)
+    full = estimate(probe)
+    costs: dict[str, float] = {}
+    for info in gates:
+        with torch.no_grad():
+            info.module.scale[0] = 0.0
+            costs[info.name] = float(full - estimate(prune(probe)))
+            info.module.scale[0] = 1.0
+    return costs

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from .gates import gate_parameters, has_gates, sparsity
+from .flops import structure_costs
+from .gates import gate_parameters, has_gates, iter_gates, sparsity
 from .io import apply_spec, architecture_spec
 from .models.registry import build_model
 from .optim import APG, validate_hparams
@@ -45,6 +46,10 @@ class SSSModule(L.LightningModule):
         gate_nonnegative: clamp gates at 0 after each step; default True for apg/ista, False for sgd.
         schedule: ``"cosine"`` (per step over the whole run), ``"step"`` (x ``lr_decay`` at the epochs in
             ``milestones``) or ``"constant"``.
+        cost_weighted: weigh each gate's L1 strength by the MACs one of its structures costs,
+            ``gamma_g = gamma * cost_g / mean cost`` (mean over all structures), so the same gamma removes
+            expensive structures first; costs are measured once with surgery (:func:`structure_costs`).
+        input_size: ``(C, H, W)`` of one input: needed by ``cost_weighted``, and recorded for FLOPs reports.
     """
 
     def __init__(
@@ -61,9 +66,21 @@ class SSSModule(L.LightningModule):
         schedule: Schedule = "cosine",
         milestones: Sequence[int] = (120, 160, 240),
         lr_decay: float = 0.1,
+        cost_weighted: bool = False,
+        input_size: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
+        if input_size is not None:
+            if len(input_size) != 3 or any(isinstance(s, bool) or int(s) < 1 for s in input_size):
+                raise ValueError(f"input_size must be (C, H, W) with positive sizes, got {input_size!r}")
+            self.example_input_array = torch.zeros(1, *input_size)
+        if cost_weighted and input_size is None:
+            raise ValueError(
+                "cost_weighted=True weighs each gate's L1 penalty by the MACs of its structure, which needs "
+                "the input size: pass input_size=[C, H, W] (e.g. [1, 28, 28] for Fashion-MNIST)"
+            )
+        self._gate_weights: dict[str, float] | None = None
         if gate_nonnegative is None:
             gate_nonnegative = gate_mode != "sgd"
         validate_hparams(
@@ -209,14 +226,28 @@ class SSSModule(L.LightningModule):
             raise ValueError(f"fine-tuning needs at least one step, got total_steps={total_steps}")
         self._finetune = {"lr": float(lr), "steps": int(total_steps)}
 
+    def gate_weights(self) -> dict[str, float]:
+        """Per-gate multipliers of ``gamma``: 1 for all, or ``cost_g / mean cost`` with ``cost_weighted``."""
+        gates = list(iter_gates(self.net))
+        if not self.hparams.cost_weighted:
+            return {info.name: 1.0 for info in gates}
+        if self._gate_weights is None:
+            costs = structure_costs(self.net, self.hparams.input_size)
+            counts = {info.name: info.module.num_structures for info in gates}
+            mean = sum(costs[n] * counts[n] for n in costs) / sum(counts.values())
+            if mean <= 0:
+                raise ValueError("cost_weighted=True: no gate of this network controls any MACs")
+            self._gate_weights = {name: cost / mean for name, cost in costs.items()}
+        return self._gate_weights
+
     def param_groups(self) -> list[dict[str, Any]]:
         """The APG groups: weights (weight decay, no L1) and, while the network has gates, gates (L1, no
-        weight decay)."""
+        weight decay) -- one group for all gates, or one per gate with its own gamma when cost-weighted."""
         hp = self.hparams
-        gates = [p for p in gate_parameters(self.net) if p.requires_grad]
-        gate_ids = {id(p) for p in gates}
+        trainable = [info for info in iter_gates(self.net) if info.module.scale.requires_grad]
+        gate_ids = {id(info.module.scale) for info in trainable}
         weights = [p for p in self.net.parameters() if p.requires_grad and id(p) not in gate_ids]
-        groups = [
+        groups: list[dict[str, Any]] = [
             {
                 "name": "weights",
                 "params": weights,
@@ -226,18 +257,23 @@ class SSSModule(L.LightningModule):
                 "nonnegative": False,
             }
         ]
-        if gates:  # a pruned network (fine-tuning after surgery) has none left
+        if not trainable:  # a pruned network (fine-tuning after surgery) has no gates left
+            return groups
+        gate_group = {
+            "weight_decay": 0.0,
+            "mode": hp.gate_mode,
+            "nonnegative": self.gate_nonnegative,
+            "lr": hp.lr if hp.gate_lr is None else hp.gate_lr,
+        }
+        if not hp.cost_weighted:
             groups.append(
-                {
-                    "name": "gates",
-                    "params": gates,
-                    "weight_decay": 0.0,
-                    "gamma": hp.gamma,
-                    "mode": hp.gate_mode,
-                    "nonnegative": self.gate_nonnegative,
-                    "lr": hp.lr if hp.gate_lr is None else hp.gate_lr,
-                }
+                {"name": "gates", "params": [i.module.scale for i in trainable], "gamma": hp.gamma, **gate_group}
             )
+            return groups
+        weights_by_gate = self.gate_weights()
+        for info in trainable:
+            gamma = hp.gamma * weights_by_gate[info.name]
+            groups.append({"name": f"gates:{info.name}", "params": [info.module.scale], "gamma": gamma, **gate_group})
         return groups
 
     def configure_optimizers(self) -> Any:

@@ -5,7 +5,7 @@ from torch import nn
 
 from sss_lightning import SSSClassifier, SSSModule
 from sss_lightning.data import SyntheticDataModule
-from sss_lightning.gates import ChannelGate, gate_parameters, sparsity
+from sss_lightning.gates import ChannelGate, gate_parameters, iter_gates, sparsity
 from sss_lightning.models import CifarResNet
 from sss_lightning.optim import APG
 
@@ -148,3 +148,31 @@ def test_sss_classifier_rebuilds_from_checkpoint(tmp_path):
     assert loaded.hparams.arch == "resnet20" and loaded.hparams.gates == "block"
     x = torch.randn(2, 3, 8, 8)
     assert torch.equal(loaded.eval()(x), module.eval()(x))
+
+
+def test_cost_weighted_gamma_is_proportional_to_the_macs_a_structure_costs():
+    from sss_lightning.flops import structure_costs
+    from sss_lightning.models import build_model
+
+    net = build_model("vgg11", num_classes=4, width_mult=0.125)
+    module = SSSModule(net, gamma=0.01, cost_weighted=True, input_size=[3, 32, 32])
+    groups = {g["name"]: g for g in module.param_groups()}
+    costs = structure_costs(net, (3, 32, 32))
+    counts = {info.name: info.module.num_structures for info in iter_gates(net)}
+    mean = sum(costs[n] * counts[n] for n in costs) / sum(counts.values())
+    for name, cost in costs.items():
+        assert groups[f"gates:{name}"]["gamma"] == pytest.approx(0.01 * cost / mean)
+        assert groups[f"gates:{name}"]["weight_decay"] == 0.0 and groups[f"gates:{name}"]["nonnegative"]
+    first, last = costs["3"], costs["35"]  # a channel at 32x32 costs more than one at 2x2
+    assert first > last and groups["gates:3"]["gamma"] > groups["gates:35"]["gamma"]
+    # the average structure keeps the plain gamma
+    total = sum(groups[f"gates:{n}"]["gamma"] * counts[n] for n in counts) / sum(counts.values())
+    assert total == pytest.approx(0.01)
+
+
+def test_cost_weighted_training_runs_and_needs_an_input_size():
+    with pytest.raises(ValueError, match=r"cost_weighted=True .* pass input_size=\[C, H, W\]"):
+        SSSModule(tiny_net(), cost_weighted=True)
+    module = SSSModule(tiny_net(), gamma=0.5, cost_weighted=True, input_size=[3, 8, 8], schedule="constant")
+    fit(module, steps=10)
+    assert sparsity(module.net)["overall"] > 0

@@ -2,8 +2,8 @@
 
 ``fit``/``validate``/``test``/``predict`` are a LightningCLI whose model is any
 :class:`~sss_lightning.module.SSSModule` subclass and whose data is any LightningDataModule, both chosen
-by ``class_path`` in YAML; ``prune`` turns a training checkpoint into a pruned model file and ``models``
-lists the registered architectures with their MACs and parameters.
+by ``class_path`` in YAML; ``prune`` turns a training checkpoint into a pruned model file, ``export``
+writes it as TorchScript or ONNX, and ``models`` lists the registered architectures with their MACs.
 LightningCLI's ``--optimizer`` and ``--lr_scheduler`` would silently replace the two-group APG set-up
 that SSS depends on, so they are refused with an error that says which model arguments to set instead.
 """
@@ -22,14 +22,15 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import ArgsType, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 
+from .export import FORMATS, export_model
 from .flops import count_flops, format_comparison
 from .gates import random_gate_pattern
-from .io import save_pruned
+from .io import load_pruned, save_pruned
 from .models import build_model, default_input_size, list_models
 from .module import SSSModule, load_sss_checkpoint
 from .surgery import prune
 
-__all__ = ["SSSLightningCLI", "ConfigError", "main", "models_command", "prune_command"]
+__all__ = ["SSSLightningCLI", "ConfigError", "main", "export_command", "models_command", "prune_command"]
 
 
 class ConfigError(ValueError):
@@ -136,6 +137,31 @@ def models_command(argv: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
+def export_command(argv: list[str]) -> Path:
+    """``sss-lightning export --model pruned.pt --format onnx``: a deployable file, checked against the model."""
+    parser = ArgumentParser(prog="sss-lightning export", description=export_command.__doc__, default_env=False)
+    parser.add_argument("--model", type=str, required=True, help="pruned model file (save_pruned / prune)")
+    parser.add_argument("--format", type=str, default="torchscript", help=f"one of {FORMATS}")
+    parser.add_argument("--out", type=str | None, default=None, help="output file (default: next to --model)")
+    parser.add_argument("--input_size", type=list[int] | None, default=None, help="(C, H, W); default: recorded")
+    args = parser.parse_args(argv)
+    if args.format not in FORMATS:
+        raise ConfigError(f"--format must be one of {FORMATS}, got {args.format!r}")
+    try:
+        model = load_pruned(args.model)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(str(err)) from err
+    size = args.input_size or model.sss_metadata.get("input_size")
+    if not size:
+        raise ConfigError(f"{args.model} records no input size; pass --input_size C H W")
+    suffix = {"torchscript": ".ts", "onnx": ".onnx"}[args.format]
+    out = Path(args.out) if args.out else Path(args.model).with_suffix(suffix)
+    path, diff = export_model(model, out, size, args.format)
+    check = "not checked (install onnxruntime to check)" if diff is None else f"max |difference| {diff:.2e}"
+    print(f"exported {args.model} -> {path} ({args.format}); outputs vs the model: {check}")
+    return path
+
+
 def wandb_key_available() -> bool:
     """Whether W&B could log online without prompting: WANDB_API_KEY, or a key stored by `wandb login`."""
     if os.environ.get("WANDB_API_KEY"):
@@ -170,6 +196,8 @@ def main(args: ArgsType = None) -> None:
             prune_command(argv[1:])
         elif argv[:1] == ["models"]:
             models_command(argv[1:])
+        elif argv[:1] == ["export"]:
+            export_command(argv[1:])
         else:
             SSSLightningCLI(args=args)
     except ConfigError as err:

@@ -274,8 +274,19 @@ def test_finetune_needs_more_epochs_than_it_takes(tmp_path):
         )
 
 
+class ZeroSomeGates(L.Callback):
+    """Before surgery at epoch 2, zero one block and half of one layer's channels: a known smaller net."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            with torch.no_grad():
+                pl_module.net.layer1[0].gate.scale.zero_()
+                pl_module.net.layer2[0].branch[3].scale[::2] = 0
+
+
 def test_checkpoint_after_surgery_reloads_into_the_smaller_architecture(tmp_path):
     module = tiny_classifier(gamma=0.5)
+    gated_params = sum(p.numel() for p in module.parameters())
     trainer = L.Trainer(
         max_epochs=2,
         logger=False,
@@ -283,7 +294,7 @@ def test_checkpoint_after_surgery_reloads_into_the_smaller_architecture(tmp_path
         enable_model_summary=False,
         default_root_dir=tmp_path,
         enable_checkpointing=False,
-        callbacks=[StructuralSurgery(finetune_epochs=1)],
+        callbacks=[ZeroSomeGates(), StructuralSurgery(finetune_epochs=1)],
     )
     trainer.fit(module, datamodule=SyntheticDataModule(num_classes=4, image_size=8, train_size=64, batch_size=16))
     trainer.save_checkpoint(tmp_path / "after.ckpt")
@@ -297,6 +308,8 @@ def test_checkpoint_after_surgery_reloads_into_the_smaller_architecture(tmp_path
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+    assert module.net.layer1[0].branch is None and module.net.layer2[0].branch[0].out_channels == 4
+    assert sum(p.numel() for p in module.parameters()) < gated_params
 
 
 def test_freeze_gates_once_pattern_is_stable(tmp_path):

@@ -155,7 +155,9 @@ class SSSModule(L.LightningModule):
                 f"{self.global_step}. The run stops before any snapshot or surgery writes a broken model, and "
                 "the last checkpoint is kept. Fix: lower lr or gamma, or set trainer.gradient_clip_val"
             )
-        summary = sparsity(self.net)
+        # only on the steps the logger writes: the sparsity summary costs a device sync
+        log_now = self.trainer.global_step % self.trainer.log_every_n_steps == 0
+        summary = sparsity(self.net) if log_now else {}
         if summary:  # a network already pruned (fine-tuning after surgery) has no gates left
             self.log_dict({f"sparsity/{k}": v for k, v in summary.items() if "_" not in k}, on_step=True)
             self.log("sparsity", summary["overall"], prog_bar=True, logger=False)

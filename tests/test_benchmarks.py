@@ -24,3 +24,15 @@ def test_latency_script_writes_table_and_json(tmp_path):
     result = json.loads((tmp_path / "lat.json").read_text())
     assert result["macs_after"] < result["macs_before"]
     assert "| batch | gated ms |" in (tmp_path / "lat.md").read_text()
+
+
+def test_cost_script_measures_ratios_and_scaling(tmp_path):
+    from benchmarks import cost
+
+    result = cost.main(["--models", "[resnet20]", "--depths", "[20, 32]", "--steps", "2", "--batch", "2",
+                        "--size", "8", "--out", str(tmp_path / "cost")])  # fmt: skip
+    (row,) = result["steps"]
+    assert row["ratio"] > 0 and row["gated_ms"] > 0
+    assert [t["depth"] for t in result["tools"]] == [20, 32]
+    assert all(t["pruned_params"] < t["params"] for t in result["tools"])
+    assert "| model | gated ms | plain ms | gated / plain |" in (tmp_path / "cost.md").read_text()

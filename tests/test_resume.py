@@ -34,21 +34,16 @@ class Kill(L.Callback):
             raise RuntimeError("killed")
 
 
-def callbacks():
-    return [GateMonitor(log_every_n_steps=2, plots=False), PruningSnapshot(), FreezeGates(patience=2)]
-
-
-def run(tmp_path, extra=(), ckpt_path=None, kill=None):
-    monitor, snapshot, freeze = cbs = callbacks()
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_epochs=1, enable_version_counter=False)
-    all_cbs = [*cbs, ckpt, *extra] + ([Kill(kill)] if kill is not None else [])
+def fit(root, callbacks, ckpt_path=None, kill=None):
+    """A 4-epoch run with an epoch-end last.ckpt; ``kill`` raises at that step, as a crash would."""
+    ckpt = ModelCheckpoint(dirpath=root / "ckpt", save_last=True, enable_version_counter=False)
     trainer = L.Trainer(
         max_epochs=4,
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=all_cbs,
+        default_root_dir=root,
+        callbacks=[*callbacks, ckpt] + ([Kill(kill)] if kill is not None else []),
     )
     module = make()
     L.seed_everything(0)
@@ -56,6 +51,16 @@ def run(tmp_path, extra=(), ckpt_path=None, kill=None):
         trainer.fit(module, datamodule=data(), ckpt_path=ckpt_path)
     except RuntimeError as err:
         assert "killed" in str(err)
+    return module, trainer
+
+
+def run(root, ckpt_path=None, kill=None):
+    monitor, snapshot, freeze = cbs = [
+        GateMonitor(log_every_n_steps=2, plots=False),
+        PruningSnapshot(),
+        FreezeGates(patience=2),
+    ]
+    module, trainer = fit(root, cbs, ckpt_path, kill)
     return module, trainer, monitor, snapshot, freeze
 
 
@@ -84,23 +89,7 @@ def test_resume_during_finetuning_rebuilds_the_pruned_network_and_its_optimizer(
     from sss_lightning.gates import iter_gates
 
     def go(root, ckpt_path=None, kill=None):
-        ckpt = ModelCheckpoint(dirpath=root / "ckpt", save_last=True, enable_version_counter=False)
-        cbs = [StructuralSurgery(finetune_epochs=2, finetune_lr=0.02), ckpt] + ([Kill(kill)] if kill else [])
-        trainer = L.Trainer(
-            max_epochs=4,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=root,
-            callbacks=cbs,
-        )
-        module = make()
-        L.seed_everything(0)
-        try:
-            trainer.fit(module, datamodule=data(), ckpt_path=ckpt_path)
-        except RuntimeError as err:
-            assert "killed" in str(err)
-        return module, trainer
+        return fit(root, [StructuralSurgery(finetune_epochs=2, finetune_lr=0.02)], ckpt_path, kill)
 
     whole, whole_trainer = go(tmp_path / "whole")
     go(tmp_path / "cut", kill=13)  # surgery at epoch 3 (step 8); dies in epoch 4; last.ckpt: end of epoch 3

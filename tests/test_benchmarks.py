@@ -29,10 +29,48 @@ def test_latency_script_writes_table_and_json(tmp_path):
 def test_cost_script_measures_ratios_and_scaling(tmp_path):
     from benchmarks import cost
 
-    result = cost.main(["--models", "[resnet20]", "--depths", "[20, 32]", "--steps", "2", "--batch", "2",
-                        "--size", "8", "--out", str(tmp_path / "cost")])  # fmt: skip
+    result = cost.main(
+        [
+            "--models",
+            "[resnet20]",
+            "--depths",
+            "[20, 32]",
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "--size",
+            "8",
+            "--out",
+            str(tmp_path / "cost"),
+        ]
+    )
     (row,) = result["steps"]
     assert row["ratio"] > 0 and row["gated_ms"] > 0
     assert [t["depth"] for t in result["tools"]] == [20, 32]
     assert all(t["pruned_params"] < t["params"] for t in result["tools"])
     assert "| model | gated ms | plain ms | gated / plain |" in (tmp_path / "cost.md").read_text()
+
+
+def test_optimizer_comparison_script_runs_all_three_and_plots(tmp_path):
+    from benchmarks import optimizers
+
+    rows = optimizers.main(
+        [
+            "--dataset",
+            "synthetic",
+            "--epochs",
+            "1",
+            "--batches_per_epoch",
+            "4",
+            "--gamma",
+            "0.5",
+            "--out",
+            str(tmp_path / "opt"),
+        ]
+    )
+    assert [r["mode"] for r in rows] == ["apg", "ista", "sgd"]
+    by_mode = {r["mode"]: r for r in rows}
+    assert by_mode["sgd"]["zero_frac"] == 0.0  # the subgradient baseline never reaches exact zeros
+    assert (tmp_path / "opt.png").read_bytes().startswith(b"\x89PNG")
+    assert "| gate optimizer | val acc |" in (tmp_path / "opt.md").read_text()

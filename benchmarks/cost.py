@@ -9,14 +9,13 @@ load hits both alike; the table reports their ratio, not absolute times. Writes 
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from jsonargparse import ArgumentParser
 
+from benchmarks.report import write_report
 from sss_lightning.flops import count_flops
 from sss_lightning.gates import random_gate_pattern
 from sss_lightning.models import build_model
@@ -100,13 +99,8 @@ def main(argv: list[str] | None = None) -> dict:
         "|---:|---:|---:|---:|",
         *[f"| {r['depth']} | {r['params'] / 1e6:.2f}M | {r['surgery_ms']:.0f} | {r['flops_ms']:.0f} |" for r in tools],
     ]
-    table = "\n".join(lines)
-    print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(table + "\n")
     result = {"steps": steps, "tools": tools, "batch": args.batch, "size": args.size}
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    write_report(args.out, "\n".join(lines), result)
     return result
 
 

@@ -9,15 +9,14 @@ measured side by side in one process. Writes a Markdown table and JSON to --out 
 
 from __future__ import annotations
 
-import json
 import platform
 import time
-from pathlib import Path
 
 import torch
 from jsonargparse import ArgumentParser
 from torch.utils.benchmark import Timer
 
+from benchmarks.report import write_report
 from sss_lightning.flops import count_flops
 from sss_lightning.gates import random_gate_pattern
 from sss_lightning.models import build_model
@@ -89,11 +88,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"{r['macs_ratio']:.2f}x | {r['speedup_over_macs_ratio']:.2f} |"
         for r in rows
     ]
-    table = "\n".join(lines)
-    print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(table + "\n")
     result = {
         "source": source,
         "input_size": list(size),
@@ -104,7 +98,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "params_after": after.params,
         "rows": rows,
     }
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    write_report(args.out, "\n".join(lines), result)
     return rows
 
 

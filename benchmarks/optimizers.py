@@ -11,12 +11,12 @@ training set is a random subset of ``batches_per_epoch`` batches per epoch, whic
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import lightning as L
 from jsonargparse import ArgumentParser
 
+from benchmarks.report import write_report
 from sss_lightning.callbacks import GateMonitor
 from sss_lightning.data import FashionMNISTDataModule, SyntheticDataModule
 from sss_lightning.flops import count_flops
@@ -93,12 +93,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for r in rows
         ],
     ]
-    table = "\n".join(lines)
-    print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(table + "\n")
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    out = write_report(args.out, "\n".join(lines), rows)
     _plot(rows, out.with_suffix(".png"))
     return rows
 

@@ -2,8 +2,9 @@
 
 from .freeze import FreezeGates
 from .gate_monitor import GateMonitor
+from .shrink import InTrainingShrink
 from .snapshot import PruningSnapshot
 from .summary import FitSummary
 from .surgery import StructuralSurgery
 
-__all__ = ["FitSummary", "FreezeGates", "GateMonitor", "PruningSnapshot", "StructuralSurgery"]
+__all__ = ["FitSummary", "FreezeGates", "GateMonitor", "InTrainingShrink", "PruningSnapshot", "StructuralSurgery"]

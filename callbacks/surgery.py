@@ -123,7 +123,8 @@ class StructuralSurgery(Callback):
         if not list(iter_gates(net)):
             rank_zero_warn("StructuralSurgery: the network has no gates (already pruned?); nothing to do")
             return False
-        if not any((info.module.scale == 0).any() for info in iter_gates(net)):
+        shrunk = getattr(pl_module, "reshaped", False)  # zero structures were already cut during training
+        if not shrunk and not any((info.module.scale == 0).any() for info in iter_gates(net)):
             listed = ", ".join(f"{name}={value:.3g}" for name, value in smallest_gates(net))
             rank_zero_warn(
                 "StructuralSurgery: no gate reached exactly zero, so no structure is removed (gates are only "
@@ -132,7 +133,11 @@ class StructuralSurgery(Callback):
         size = self._input_size(pl_module)
         pruned = prune(net)
         before, after = count_flops(net, size), count_flops(pruned, size)
-        pl_module.net = pruned.to(pl_module.device)
+        replace = getattr(pl_module, "replace_network", None)
+        if callable(replace):
+            replace(pruned)
+        else:
+            pl_module.net = pruned.to(pl_module.device)
         self.report = comparison_dict(before, after)
         rank_zero_info("\nStructural surgery (MACs counted by fvcore)\n" + format_comparison(before, after))
         for logger in trainer.loggers:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .gates import ChannelGate, GroupGate
 from .models.blocks import GatedResidual
 from .models.registry import build_model
 
@@ -58,6 +59,8 @@ def _recipe(m: nn.Module) -> dict[str, Any]:
         }
     if isinstance(m, nn.Linear):
         return {"type": kind, "in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None}
+    if isinstance(m, (ChannelGate, GroupGate)):  # sliced by in-training shrink: fewer structures
+        return {"type": kind, "n": m.num_structures}
     if isinstance(m, GatedResidual):
         bias = m.branch_bias
         return {"type": kind, "branch": m.branch is not None, "branch_bias": None if bias is None else bias.numel()}
@@ -70,6 +73,8 @@ _BUILDERS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
     "BatchNorm1d": lambda r: nn.BatchNorm1d(**{k: v for k, v in r.items() if k != "type"}),
     "Linear": lambda r: nn.Linear(**{k: v for k, v in r.items() if k != "type"}),
     "Identity": lambda r: nn.Identity(),
+    "ChannelGate": lambda r: ChannelGate(r["n"]),
+    "GroupGate": lambda r: GroupGate(r["n"]),
 }
 
 

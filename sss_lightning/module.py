@@ -22,6 +22,7 @@ from .gates import gate_parameters, has_gates, iter_gates, sparsity
 from .io import apply_spec, architecture_spec
 from .models.registry import build_model
 from .optim import APG, validate_hparams
+from .shrink import carry_optimizer_state, carry_scheduler_state, rewrap_distributed, slice_sources
 
 __all__ = ["SSSModule", "SSSClassifier", "load_sss_checkpoint"]
 
@@ -120,6 +121,7 @@ class SSSModule(L.LightningModule):
         if not num_classes:
             raise ValueError("cannot infer num_classes (the network has no nn.Linear); pass num_classes=")
         self._finetune: dict[str, float] | None = None
+        self._reshaped = False  # the network was replaced by a smaller one (shrink or surgery)
         self.criterion = nn.CrossEntropyLoss()
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -190,27 +192,49 @@ class SSSModule(L.LightningModule):
         self._shared_step(batch, "test", self.test_acc)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record what is needed to rebuild this module: its class, input shape and, after surgery,
-        the pruned architecture (so the smaller state dict loads into the right shapes)."""
+        """Record what is needed to rebuild this module: its class and input shape (the network's shape
+        travels in the state dict itself, see :meth:`get_extra_state`)."""
         cls = type(self)
         x = self.example_input_array
         checkpoint["sss"] = {
             "module_class": f"{cls.__module__}.{cls.__qualname__}",
             "input_shape": list(x.shape[1:]) if isinstance(x, Tensor) else None,
             "finetune": self._finetune,
+            "gate_weights": self._gate_weights,
         }
-        if not has_gates(self.net) and getattr(self.net, "sss_arch", None) is not None:
-            checkpoint["sss"]["pruned_spec"] = architecture_spec(self.net)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         record = checkpoint.get("sss", {})
         shape = record.get("input_shape")
         if shape and self.example_input_array is None:
             self.example_input_array = torch.zeros(1, *shape)
-        if record.get("pruned_spec"):
-            param = next(self.net.parameters())
-            self.net = apply_spec(record["pruned_spec"]).to(device=param.device, dtype=param.dtype)
+        state = checkpoint.get("state_dict")
+        if isinstance(state, dict) and "_extra_state" not in state:  # written before the network shape was in it
+            state["_extra_state"] = {"architecture": record.get("pruned_spec"), "frozen_gates": []}
         self._finetune = record.get("finetune")
+        self._gate_weights = record.get("gate_weights") or self._gate_weights
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """Kept in the state dict so that every way of loading it (resume, ``load_from_checkpoint``, the
+        weights ddp_spawn hands back to the main process) first reshapes the network to match: the
+        architecture after surgery or shrink, and which gates are frozen (outside the optimizer)."""
+        spec = None
+        if (self._reshaped or not has_gates(self.net)) and getattr(self.net, "sss_arch", None) is not None:
+            spec = architecture_spec(self.net)
+        frozen = [info.name for info in iter_gates(self.net) if not info.module.scale.requires_grad]
+        return {"architecture": spec, "frozen_gates": frozen}
+
+    def set_extra_state(self, state: Any) -> None:
+        # torch loads a module's own state before its children's, so the new network receives the weights
+        if not isinstance(state, dict):
+            return
+        if state.get("architecture"):
+            param = next(self.net.parameters())
+            self.net = apply_spec(state["architecture"]).to(device=param.device, dtype=param.dtype)
+            self._reshaped = True
+        frozen = set(state.get("frozen_gates") or [])
+        for info in iter_gates(self.net):
+            info.module.scale.requires_grad_(info.name not in frozen)
 
     def prepare_finetune(self, lr: float, total_steps: int) -> None:
         """Called after surgery replaced ``net``: the next ``configure_optimizers`` builds a fresh optimizer
@@ -227,6 +251,41 @@ class SSSModule(L.LightningModule):
         if total_steps < 1:
             raise ValueError(f"fine-tuning needs at least one step, got total_steps={total_steps}")
         self._finetune = {"lr": float(lr), "steps": int(total_steps)}
+
+    @property
+    def reshaped(self) -> bool:
+        """Whether the network was replaced by a smaller one (in-training shrink or surgery)."""
+        return self._reshaped
+
+    def replace_network(self, net: nn.Module) -> None:
+        """Swap in a reshaped network (surgery or shrink); checkpoints then record its architecture."""
+        param = next(self.net.parameters(), None)
+        self.net = net if param is None else net.to(param.device)
+        self._reshaped = True
+
+    def shrink(self) -> dict[str, int]:
+        """Mid-fit, replace the network by its sliced form (zero structures removed, surviving gates kept)
+        and rebuild the optimizer over the surviving parameters with their momentum, group settings and
+        schedule position carried over, so training continues as if nothing changed, only faster.
+
+        Zero structures can no longer come back. Returns parameter counts before and after.
+        """
+        trainer = self.trainer
+        old_optimizer = trainer.optimizers[0]
+        old_scheduler = trainer.lr_scheduler_configs[0].scheduler if trainer.lr_scheduler_configs else None
+        old_params = dict(self.net.named_parameters())
+        sliced, sources = slice_sources(self.net)
+        self.replace_network(sliced)
+        rewrap_distributed(trainer)
+        trainer.strategy.setup_optimizers(trainer)
+        new_params = dict(self.net.named_parameters())
+        carry_optimizer_state(old_optimizer, trainer.optimizers[0], old_params, new_params, sources)
+        if old_scheduler is not None and trainer.lr_scheduler_configs:
+            carry_scheduler_state(old_scheduler, trainer.lr_scheduler_configs[0].scheduler, old_optimizer)
+        return {
+            "params_before": sum(p.numel() for p in old_params.values()),
+            "params_after": sum(p.numel() for p in new_params.values()),
+        }
 
     def gate_weights(self) -> dict[str, float]:
         """Per-gate multipliers of ``gamma``: 1 for all, or ``cost_g / mean cost`` with ``cost_weighted``."""

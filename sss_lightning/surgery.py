@@ -17,11 +17,18 @@ sit*, which is why one code path serves every architecture built from these two 
 
 A module with another shape plugs in by defining ``sss_prune(self) -> nn.Module`` (it may call
 :func:`prune_sequential` and the ``cut_*`` primitives); surgery calls it instead of descending into it.
+To also support ``fold_gates=False`` it takes a ``fold_gates: bool`` keyword and passes it on.
+
+``prune(model, fold_gates=False)`` only *slices*: zero structures are cut as above, but surviving gates
+stay in place (cut to their surviving entries, ``requires_grad`` kept) and nothing is folded, so every
+parameter of the result is a sub-tensor of the parameter with the same name in ``model``. That is what
+lets in-training shrink (:mod:`sss_lightning.shrink`) carry optimizer state over by indexing.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 
 import torch
 from torch import Tensor, nn
@@ -283,7 +290,8 @@ def _cut_producers(layers: list[nn.Module], i: int, keep: Tensor, where: str) ->
 
 def _cut_gate(gate: Gate, keep: Tensor) -> Gate:
     new = copy.deepcopy(gate)
-    new.scale = nn.Parameter(gate.scale.detach()[_index(keep.cpu())].clone())
+    scale = gate.scale.detach()[_index(keep.cpu())].clone()
+    new.scale = nn.Parameter(scale, requires_grad=gate.scale.requires_grad)
     return new
 
 
@@ -312,7 +320,8 @@ def _find_consumer(layers: list[nn.Module], i: int, scale: Tensor, where: str) -
     raise SurgeryError(f"{where}: no conv/linear after the gate consumes its channels in the same nn.Sequential")
 
 
-def _cut_consumer(layer: nn.Conv2d | nn.Linear, keep: Tensor, scale: Tensor, where: str) -> nn.Module:
+def _cut_consumer(layer: nn.Conv2d | nn.Linear, keep: Tensor, scale: Tensor | None, where: str) -> nn.Module:
+    """The consumer without the cut input channels, with the surviving gate factors folded in (if given)."""
     channels = keep.numel()
     if isinstance(layer, nn.Linear):
         if layer.in_features % channels:
@@ -323,7 +332,8 @@ def _cut_consumer(layer: nn.Conv2d | nn.Linear, keep: Tensor, scale: Tensor, whe
         if layer.in_channels != channels:
             raise SurgeryError(f"{where}: the gate has {channels} channels but its consumer takes {layer.in_channels}")
         new = cut_conv(layer, in_keep=keep)
-    scale_inputs(new, scale[_index(keep.cpu())])
+    if scale is not None:
+        scale_inputs(new, scale[_index(keep.cpu())])
     return new
 
 
@@ -351,12 +361,15 @@ def _constant_output(layers: list[nn.Module], channels: int, where: str) -> Tens
     return v.flatten()
 
 
-def prune_sequential(seq: nn.Sequential, *, allow_constant: bool = False, where: str = "") -> nn.Module | Tensor:
+def prune_sequential(
+    seq: nn.Sequential, *, allow_constant: bool = False, where: str = "", fold_gates: bool = True
+) -> nn.Module | Tensor:
     """Cut the channels behind the zero gates of ``seq`` and fold the others; gates become ``nn.Identity``.
 
     Returns the new ``nn.Sequential``, or, when a gate zeroes all its channels and ``allow_constant``,
     the constant (one value per output channel) that the sequence then outputs for every input.
-    Without ``allow_constant`` such a layer keeps one channel, whose weights are zero (exact, minimal).
+    Without ``allow_constant`` such a layer keeps one channel, zeroed by its gate (exact, minimal).
+    With ``fold_gates=False`` the gates stay, cut to their surviving entries, and no weight is scaled.
     """
     where = where or "nn.Sequential"
     layers = list(seq)
@@ -373,12 +386,19 @@ def prune_sequential(seq: nn.Sequential, *, allow_constant: bool = False, where:
             if allow_constant:
                 width = consumer.in_channels if isinstance(consumer, nn.Conv2d) else scale.numel()
                 return _constant_output(layers[j:], width, here)
+            # the narrowest layer left: one structure (a channel, or a whole group), zeroed by its gate
             keep = torch.zeros_like(keep)
-            keep[0] = True  # the narrowest layer left: one channel, zeroed by its gate in the consumer
+            keep[: keep.numel() // gate.num_structures] = True
         if not keep.all():
             _cut_producers(layers, i, keep, here)
-        layers[j] = _cut_consumer(layers[j], keep, scale, here)
-        layers[i] = nn.Identity()
+        if fold_gates:
+            layers[j] = _cut_consumer(layers[j], keep, scale, here)
+            layers[i] = nn.Identity()
+        else:
+            layers[j] = _cut_consumer(layers[j], keep, None, here)
+            if not keep.all():
+                group_keep = keep.view(gate.num_structures, -1).all(1) if isinstance(gate, GroupGate) else keep
+                layers[i] = _cut_gate(gate, group_keep)
     return nn.Sequential(*layers)
 
 
@@ -387,37 +407,51 @@ def prune_sequential(seq: nn.Sequential, *, allow_constant: bool = False, where:
 # --------------------------------------------------------------------------------------------------
 
 
-def _prune_residual(block: GatedResidual, where: str) -> GatedResidual:
+def _prune_residual(block: GatedResidual, where: str, fold: bool) -> GatedResidual:
     factor = block.gate.scale.detach() if isinstance(block.gate, Gate) else None
-    shortcut = _prune_module(block.shortcut, f"{where}.shortcut")
-    if factor is not None and not factor.any():
-        return GatedResidual(None, shortcut=shortcut, post_act=block.post_act)
+    shortcut = _prune_module(block.shortcut, f"{where}.shortcut", fold)
+    if block.branch is None or (factor is not None and not factor.any()):  # removed now, or by an earlier cut
+        return GatedResidual(None, shortcut=shortcut, post_act=block.post_act, branch_bias=block.branch_bias)
     if not isinstance(block.branch, nn.Sequential):
         raise SurgeryError(f"{where}: GatedResidual.branch must be an nn.Sequential, got {type(block.branch).__name__}")
-    branch = _prune_non_gates(block.branch, f"{where}.branch")
-    result = prune_sequential(branch, allow_constant=True, where=f"{where}.branch")
+    branch = _prune_non_gates(block.branch, f"{where}.branch", fold)
+    # slicing keeps an emptied branch as one zero-gated structure: a constant has no weights to slice
+    result = prune_sequential(branch, allow_constant=fold, where=f"{where}.branch", fold_gates=fold)
     bias = block.branch_bias
     if isinstance(result, Tensor):
         const = result if factor is None else result * factor
         bias = const if bias is None else bias + const
         return GatedResidual(None, shortcut=shortcut, post_act=block.post_act, branch_bias=bias)
-    if factor is not None:
+    if factor is not None and fold:
         last = next((m for m in reversed(result) if not isinstance(m, nn.Identity)), None)
         _scale_outputs(last, factor, f"{where}.branch")
-    return GatedResidual(result, shortcut=shortcut, post_act=block.post_act, branch_bias=bias)
+    gate = None if fold else block.gate
+    return GatedResidual(result, shortcut=shortcut, gate=gate, post_act=block.post_act, branch_bias=bias)
 
 
-def _prune_children(module: nn.Module, where: str) -> nn.Module:
+def _prune_children(module: nn.Module, where: str, fold: bool) -> nn.Module:
     for name, child in module.named_children():
-        setattr(module, name, _prune_module(child, f"{where}.{name}" if where else name))
+        setattr(module, name, _prune_module(child, f"{where}.{name}" if where else name, fold))
     return module
 
 
-def _prune_module(module: nn.Module, where: str) -> nn.Module:
-    if hasattr(module, "sss_prune"):
+def _call_sss_prune(module: nn.Module, where: str, fold: bool) -> nn.Module:
+    if fold:
         return module.sss_prune()
+    if "fold_gates" not in inspect.signature(module.sss_prune).parameters:
+        raise SurgeryError(
+            f"{where or 'model'}: {type(module).__name__}.sss_prune() takes no fold_gates argument, so it cannot "
+            "be cut while keeping its gates (in-training shrink needs that); add a `fold_gates: bool = True` "
+            "keyword and pass it to prune_sequential"
+        )
+    return module.sss_prune(fold_gates=False)
+
+
+def _prune_module(module: nn.Module, where: str, fold: bool) -> nn.Module:
+    if hasattr(module, "sss_prune"):
+        return _call_sss_prune(module, where, fold)
     if isinstance(module, GatedResidual):
-        return _prune_residual(module, where or "model")
+        return _prune_residual(module, where or "model", fold)
     if isinstance(module, Gate):
         raise SurgeryError(
             f"the {type(module).__name__} at {where or 'model'} is not inside an nn.Sequential or GatedResidual, "
@@ -425,23 +459,27 @@ def _prune_module(module: nn.Module, where: str) -> nn.Module:
             "sss_prune() method"
         )
     if isinstance(module, nn.Sequential) and any(isinstance(m, Gate) for m in module):
-        return prune_sequential(_prune_non_gates(module, where), where=where or "model")
-    return _prune_children(module, where)
+        return prune_sequential(_prune_non_gates(module, where, fold), where=where or "model", fold_gates=fold)
+    return _prune_children(module, where, fold)
 
 
-def _prune_non_gates(seq: nn.Sequential, where: str) -> nn.Sequential:
+def _prune_non_gates(seq: nn.Sequential, where: str, fold: bool) -> nn.Sequential:
     """``seq`` with its non-gate members pruned (nested blocks); its own gates are left for the caller."""
-    return nn.Sequential(*[m if isinstance(m, Gate) else _prune_module(m, f"{where}.{i}") for i, m in enumerate(seq)])
+    return nn.Sequential(
+        *[m if isinstance(m, Gate) else _prune_module(m, f"{where}.{i}", fold) for i, m in enumerate(seq)]
+    )
 
 
-def prune(model: nn.Module) -> nn.Module:
+def prune(model: nn.Module, *, fold_gates: bool = True) -> nn.Module:
     """Return a new, physically smaller copy of ``model`` without its zero-gated structures.
 
     The input is never modified. Non-zero gates are folded into adjacent weights, so the result has no
-    gate modules; its eval-mode outputs equal the gated model's up to float rounding.
+    gate modules; its eval-mode outputs equal the gated model's up to float rounding. With
+    ``fold_gates=False`` the surviving gates stay (sliced) and every parameter of the result is a slice of
+    ``model``'s parameter of the same name; outputs are equal in train mode too.
     """
-    pruned = _prune_module(copy.deepcopy(model), "")
+    pruned = _prune_module(copy.deepcopy(model), "", fold_gates)
     left = [info.name for info in iter_gates(pruned)]
-    if left:
+    if left and fold_gates:
         raise SurgeryError(f"gates left after surgery at {left}; their owners' sss_prune() must remove them")
     return pruned

@@ -73,3 +73,52 @@ def test_ddp_ranks_agree_on_gates_and_pruned_architecture(tmp_path):
         "snapshots.md",
     ]
     assert (tmp_path / "gate_plots" / "sparsity.png").is_file()
+
+
+class SaveNet(L.Callback):
+    """Rank zero saves the trained network (the main process of ddp_spawn keeps the full-width module)."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_train_end(self, trainer, pl_module):
+        params = torch.cat([p.detach().flatten() for p in pl_module.net.parameters()])
+        gathered = pl_module.all_gather(params.sum().reshape(1)).flatten().tolist()
+        if trainer.is_global_zero:
+            torch.save({"net": pl_module.net, "param_sums": gathered}, self.out)
+
+
+def test_ddp_in_training_shrink_trains_like_the_full_width_network(tmp_path):
+    from sss_lightning.callbacks import InTrainingShrink
+    from sss_lightning.gates import random_gate_pattern
+
+    results = {}
+    for name, callbacks in (("full", []), ("shrunk", [InTrainingShrink(when_frozen=False, epochs=[2])])):
+        torch.manual_seed(0)
+        module = SSSClassifier(arch="resnet20", num_classes=4, gates="both", arch_kwargs={"width": 4}, gamma=0.1)
+        random_gate_pattern(module.net, 0.5, seed=0)
+        for p in gate_parameters(module.net):
+            p.requires_grad_(False)  # a fixed structure: the shrunk run must follow the full one exactly
+        out = tmp_path / f"{name}.pt"
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=2,
+            strategy="ddp_spawn",
+            max_epochs=3,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            default_root_dir=tmp_path / name,
+            callbacks=[*callbacks, SaveNet(str(out))],
+        )
+        L.seed_everything(0)
+        trainer.fit(module, datamodule=SyntheticDataModule(num_classes=4, image_size=8, train_size=64, batch_size=8))
+        results[name] = torch.load(out, weights_only=False)
+
+    full, shrunk = results["full"]["net"].eval(), results["shrunk"]["net"].eval()
+    sums = results["shrunk"]["param_sums"]
+    assert len(sums) == 2 and sums[0] == sums[1]  # both ranks hold the same shrunk weights: gradients synced
+    assert sum(p.numel() for p in shrunk.parameters()) < 0.5 * sum(p.numel() for p in full.parameters())
+    x = torch.randn(4, 3, 8, 8)
+    torch.testing.assert_close(shrunk(x), full(x), rtol=1e-4, atol=1e-4)

@@ -72,7 +72,7 @@ def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(tmp_path):
     )
 
     assert trainer.global_step == whole_trainer.global_step == 16
-    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+    for (name, a), b in zip(whole.net.state_dict().items(), resumed.net.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)  # weights, gates, BN statistics
     opt_a, opt_b = whole_trainer.optimizers[0], trainer.optimizers[0]
     for pa, pb in zip(opt_a.state.values(), opt_b.state.values(), strict=True):  # APG momentum
@@ -99,7 +99,7 @@ def test_resume_during_finetuning_rebuilds_the_pruned_network_and_its_optimizer(
     assert [id(p) for g in optimizer.param_groups for p in g["params"]] == [id(p) for p in resumed.net.parameters()]
     for p in resumed.net.parameters():
         assert optimizer.state[p]["momentum_buffer"].shape == p.shape
-    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+    for (name, a), b in zip(whole.net.state_dict().items(), resumed.net.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
@@ -118,5 +118,5 @@ def test_resume_from_a_mid_epoch_checkpoint_skips_the_batches_already_trained_on
     trainer = L.Trainer(default_root_dir=tmp_path / "cut", enable_checkpointing=False, **kw)
     trainer.fit(resumed, datamodule=data(), ckpt_path=tmp_path / "ckpt" / "epoch=1-step=6.ckpt")
     assert trainer.global_step == 12
-    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+    for (name, a), b in zip(whole.net.state_dict().items(), resumed.net.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)

@@ -1,5 +1,6 @@
 """Lightning callbacks of sss-lightning (installed as ``sss_lightning.callbacks``)."""
 
+from .budget import MacsBudget
 from .freeze import FreezeGates
 from .gate_monitor import GateMonitor
 from .shrink import InTrainingShrink
@@ -7,4 +8,12 @@ from .snapshot import PruningSnapshot
 from .summary import FitSummary
 from .surgery import StructuralSurgery
 
-__all__ = ["FitSummary", "FreezeGates", "GateMonitor", "InTrainingShrink", "PruningSnapshot", "StructuralSurgery"]
+__all__ = [
+    "FitSummary",
+    "FreezeGates",
+    "GateMonitor",
+    "InTrainingShrink",
+    "MacsBudget",
+    "PruningSnapshot",
+    "StructuralSurgery",
+]

@@ -1,0 +1,324 @@
+"""MacsBudget: steer gamma so that the pruned network lands at a MACs budget, then freeze the structure."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from typing_extensions import override
+
+from sss_lightning.flops import MacEstimator
+from sss_lightning.gates import gate_parameters
+from sss_lightning.surgery import prune
+
+from .input_size import check_input_size, require_input_size
+
+
+def _gate_groups(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """SSSModule names its gate param groups ``gates`` or ``gates:<path>`` (cost-weighted)."""
+    return [g for g in optimizer.param_groups if str(g.get("name", "")).startswith("gates")]
+
+
+class MacsBudget(Callback):
+    """Hit a MACs budget in one run: a controller scales every gate group's ``gamma`` so that the network
+    surgery would produce costs ``target_macs``, and at the end of epoch ``by_epoch`` the structure is
+    fixed there and its gates frozen (the remaining epochs train the weights; add
+    :class:`InTrainingShrink` to train them at the smaller size).
+
+    Every ``every_n_steps`` optimizer steps the pruned MACs ``m`` are measured (surgery on a copy and
+    :class:`~sss_lightning.flops.MacEstimator`) and, outside a dead band of ``tolerance / 2``,
+    ``gamma <- gamma * exp(clip(gain * log(m / target), -log(max_change), log(max_change)))``: more
+    sparsity while the network is too expensive, less (zero gates may come back under APG) when it is
+    too cheap. ``m`` counts gates that the L1 step alone would zero within the next ``every_n_steps``
+    steps as zero already (gates fall together, so reacting to actual zeros overshoots), and the set
+    point is the upper half of the band, ``target * (1 + tolerance / 2)``. If at the deadline the network
+    is still outside the band, the fewest gates that bring it in are moved (bisection, reported): the
+    smallest non-zero ones set to zero when too expensive, the most recently alive zero ones given back
+    their last value when too cheap.
+
+    Args:
+        target_macs: budget in MACs (> 1), or as a fraction (<= 1) of the unpruned network's MACs.
+        by_epoch: the epoch (counted from 1) at whose end the structure is fixed.
+        tolerance: relative band around the budget that counts as landed (0.03: within 3%).
+        every_n_steps: optimizer steps between two measurements.
+        gain: how strongly one measurement moves gamma (log-proportional).
+        max_change: largest factor gamma may change by in one measurement.
+        input_size: ``(C, H, W)``; default: the shape the module recorded from its batches.
+
+    Logs ``budget/macs``, ``budget/target_macs``, ``budget/macs_over_target`` and ``budget/gamma``.
+    """
+
+    def __init__(
+        self,
+        target_macs: float,
+        by_epoch: int,
+        tolerance: float = 0.03,
+        every_n_steps: int = 10,
+        gain: float = 1.0,
+        max_change: float = 1.5,
+        input_size: list[int] | None = None,
+    ) -> None:
+        if isinstance(target_macs, bool) or not isinstance(target_macs, (int, float)) or not target_macs > 0:
+            raise ValueError(
+                f"target_macs must be > 0: MACs (> 1) or a fraction of the full model's (<= 1), got {target_macs!r}"
+            )
+        if isinstance(by_epoch, bool) or not isinstance(by_epoch, int) or by_epoch < 1:
+            raise ValueError(f"by_epoch must be an epoch number >= 1, got {by_epoch!r}")
+        if not 0 < tolerance < 1:
+            raise ValueError(f"tolerance must be in (0, 1), e.g. 0.03 for within 3%, got {tolerance!r}")
+        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be a positive int, got {every_n_steps!r}")
+        if not gain > 0 or not max_change > 1:
+            raise ValueError(f"need gain > 0 and max_change > 1, got gain={gain!r}, max_change={max_change!r}")
+        self.target_macs = float(target_macs)
+        self.by_epoch = by_epoch
+        self.tolerance = float(tolerance)
+        self.every_n_steps = every_n_steps
+        self.gain = float(gain)
+        self.max_change = float(max_change)
+        self.input_size = check_input_size(input_size)
+        self.scale = 1.0
+        self.base_gamma: dict[str, float] = {}
+        self.full_macs: float | None = None
+        self.history: list[dict[str, float]] = []
+        self.result: dict[str, Any] | None = None
+        self._estimator: MacEstimator | None = None
+        self._last_alive: list[torch.Tensor] | None = None  # each gate entry's last non-zero value seen
+
+    @property
+    def target(self) -> float:
+        """The budget in MACs (needs the full model's MACs for a fractional target)."""
+        if self.target_macs > 1:
+            return self.target_macs
+        if self.full_macs is None:
+            raise RuntimeError("MacsBudget: the full model's MACs are known once training starts")
+        return self.target_macs * self.full_macs
+
+    @override
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.max_epochs is not None and 0 <= trainer.max_epochs < self.by_epoch:
+            raise ValueError(
+                f"MacsBudget(by_epoch={self.by_epoch}) is after the last epoch (trainer.max_epochs="
+                f"{trainer.max_epochs}); set by_epoch <= max_epochs, leaving epochs after it to train the weights"
+            )
+
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        size = require_input_size(self.input_size, pl_module, "MacsBudget")
+        self._estimator = MacEstimator(pl_module.net, size)
+        if self.result is not None:
+            return  # resumed after the deadline: the gates stay frozen (the module's state records it)
+        groups = _gate_groups(trainer.optimizers[0])
+        if not groups:
+            raise ValueError(
+                "MacsBudget steers the gates' gamma, but the optimizer has no gate param group (named 'gates'); "
+                "use an SSSModule with trainable gates"
+            )
+        if not self.base_gamma:  # a fresh run (a resumed one restores these and the groups' gamma)
+            self.base_gamma = {g["name"]: float(g["gamma"]) for g in groups}
+            self.full_macs = float(self._estimator(pl_module.net))
+        if not any(v > 0 for v in self.base_gamma.values()):
+            raise ValueError("MacsBudget scales gamma, which is 0; set the module's gamma > 0 (e.g. 0.01)")
+        floor = self._floor(pl_module.net)
+        if not floor < self.target < self.full_macs:
+            raise ValueError(
+                f"MacsBudget: target {self.target:,.0f} MACs is outside what gates can reach, from "
+                f"{floor:,.0f} (every gate zero) to {self.full_macs:,.0f} (none); choose a target in between"
+            )
+
+    def _floor(self, net: torch.nn.Module) -> float:
+        """MACs with every gate zero: the cheapest network these gates can select."""
+        with torch.no_grad():
+            zeroed = [p.detach().clone() for p in gate_parameters(net)]
+            for p in gate_parameters(net):
+                p.zero_()
+            try:
+                return float(self._estimator(prune(net)))
+            finally:
+                for p, saved in zip(gate_parameters(net), zeroed, strict=True):
+                    p.copy_(saved)
+
+    def _measure(self, net: torch.nn.Module, below: float = 0.0) -> float:
+        """MACs of the pruned network, counting gates smaller than ``below`` as zero too."""
+        assert self._estimator is not None
+        if below <= 0:
+            return float(self._estimator(prune(net)))
+        with torch.no_grad():
+            saved = [p.detach().clone() for p in gate_parameters(net)]
+            for p in gate_parameters(net):
+                p.masked_fill_(p.abs() < below, 0.0)
+            try:
+                return float(self._estimator(prune(net)))
+            finally:
+                for p, s in zip(gate_parameters(net), saved, strict=True):
+                    p.copy_(s)
+
+    def _lookahead(self, trainer: L.Trainer) -> float:
+        """How far the L1 step alone moves a gate in the next ``every_n_steps`` steps (momentum included):
+        gates closer to zero than this are counted as gone, so the controller reacts before they are."""
+        group = _gate_groups(trainer.optimizers[0])[0]
+        return self.every_n_steps * group["lr"] * group["gamma"] / (1 - group["momentum"])
+
+    def _set_gamma(self, trainer: L.Trainer) -> None:
+        for group in _gate_groups(trainer.optimizers[0]):
+            group["gamma"] = self.base_gamma.get(group["name"], 0.0) * self.scale
+
+    def _log(self, trainer: L.Trainer, macs: float, ahead: float | None = None) -> None:
+        gamma = max((g["gamma"] for g in _gate_groups(trainer.optimizers[0])), default=0.0)
+        row = {
+            "step": float(trainer.global_step),
+            "macs": macs,
+            "macs_lookahead": macs if ahead is None else ahead,
+            "target_macs": self.target,
+            "macs_over_target": macs / self.target,
+            "gamma": float(gamma),
+        }
+        self.history.append(row)
+        for logger in trainer.loggers:
+            logger.log_metrics({f"budget/{k}": v for k, v in row.items() if k != "step"}, step=trainer.global_step)
+
+    @override
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self.result is not None or trainer.global_step % self.every_n_steps or not trainer.global_step:
+            return
+        if self.history and self.history[-1]["step"] == trainer.global_step:
+            return  # the same optimizer step (gradient accumulation)
+        self._remember(pl_module.net)
+        ahead = self._measure(pl_module.net, self._lookahead(trainer))
+        # aim at the upper half of the band: landing above it is fixed at the deadline, below it is not
+        ratio = ahead / (self.target * (1 + self.tolerance / 2))
+        if abs(ratio - 1) > self.tolerance / 2:
+            limit = math.log(self.max_change)
+            self.scale *= math.exp(max(-limit, min(limit, self.gain * math.log(ratio))))
+            self._set_gamma(trainer)
+        self._log(trainer, self._measure(pl_module.net), ahead)
+
+    @torch.no_grad()
+    def _remember(self, net: torch.nn.Module) -> None:
+        gates = [p.detach() for p in gate_parameters(net)]
+        if self._last_alive is None or [t.shape for t in self._last_alive] != [g.shape for g in gates]:
+            self._last_alive = [g.clone() for g in gates]
+        else:
+            self._last_alive = [torch.where(g != 0, g, last) for g, last in zip(gates, self._last_alive, strict=True)]
+
+    @override
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.result is not None or trainer.current_epoch + 1 < self.by_epoch:
+            return
+        net = pl_module.net
+        reached = self._measure(net)
+        projected = revived = 0
+        self._remember(net)
+        if reached > self.target * (1 + self.tolerance):
+            projected = self._project(net)
+        elif reached < self.target * (1 - self.tolerance):
+            revived = self._revive(net)
+        macs = self._measure(net)
+        for p in gate_parameters(net):
+            p.requires_grad_(False)
+        self.result = {
+            "epoch": trainer.current_epoch + 1,
+            "step": trainer.global_step,
+            "macs_reached": reached,
+            "macs": macs,
+            "target_macs": self.target,
+            "projected_gates": projected,
+            "revived_gates": revived,
+        }
+        self._log(trainer, macs)
+        off = macs / self.target - 1
+        rank_zero_info(
+            f"MacsBudget: structure fixed after epoch {self.result['epoch']} at {macs:,.0f} MACs "
+            f"({off:+.1%} vs the budget {self.target:,.0f}; the controller reached {reached:,.0f}"
+            + (f", then {projected} smallest gates were set to zero" if projected else "")
+            + (f", then {revived} zero gates were given back their last value" if revived else "")
+            + "); gates frozen"
+        )
+        if abs(off) > self.tolerance:
+            rank_zero_warn(
+                f"MacsBudget: landed {off:+.1%} from the budget, outside the {self.tolerance:.0%} tolerance. "
+                "Too cheap means gates died faster than the controller could revive them: lower the module's "
+                "gamma or the gain, or give the controller more epochs (by_epoch)"
+            )
+
+    @torch.no_grad()
+    def _project(self, net: torch.nn.Module) -> int:
+        """Zero the ``k`` smallest non-zero gates, ``k`` the fewest (bisection) that meet the budget."""
+        entries = [(float(v), p, i) for p in gate_parameters(net) for i, v in enumerate(p.detach().flatten()) if v != 0]
+        entries.sort(key=lambda e: abs(e[0]))
+        saved = [p.detach().clone() for p in gate_parameters(net)]
+
+        def zero_first(k: int) -> float:
+            for p, s in zip(gate_parameters(net), saved, strict=True):
+                p.copy_(s)
+            for _, p, i in entries[:k]:
+                p.view(-1)[i] = 0
+            return self._measure(net)
+
+        low, high = 0, len(entries)
+        limit = self.target * (1 + self.tolerance)
+        while low < high:
+            mid = (low + high) // 2
+            if zero_first(mid) <= limit:
+                high = mid
+            else:
+                low = mid + 1
+        zero_first(low)
+        return low
+
+    @torch.no_grad()
+    def _revive(self, net: torch.nn.Module) -> int:
+        """Too cheap: give back zero gates their last non-zero value, the most recently alive first (the
+        fewest, by bisection, that bring the network into the band), for the weights to train on."""
+        assert self._last_alive is not None
+        gates = gate_parameters(net)
+        entries = [
+            (float(last.flatten()[i]), p, i)
+            for p, last in zip(gates, self._last_alive, strict=True)
+            for i in (p.detach().flatten() == 0).nonzero().flatten().tolist()
+            if last.flatten()[i] != 0
+        ]
+        entries.sort(key=lambda e: -abs(e[0]))
+        saved = [p.detach().clone() for p in gates]
+
+        def revive_first(k: int) -> float:
+            for p, s in zip(gates, saved, strict=True):
+                p.copy_(s)
+            for value, p, i in entries[:k]:
+                p.view(-1)[i] = value
+            return self._measure(net)
+
+        low, high = 0, len(entries)
+        floor = self.target * (1 - self.tolerance)
+        while low < high:  # the fewest revived that reach the band's lower edge
+            mid = (low + high) // 2
+            if revive_first(mid) >= floor:
+                high = mid
+            else:
+                low = mid + 1
+        revive_first(low)
+        return low
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "scale": self.scale,
+            "base_gamma": dict(self.base_gamma),
+            "full_macs": self.full_macs,
+            "history": [dict(r) for r in self.history],
+            "result": dict(self.result) if self.result else None,
+            "last_alive": [t.cpu() for t in self._last_alive] if self._last_alive is not None else None,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.scale = float(state_dict.get("scale", 1.0))
+        self.base_gamma = dict(state_dict.get("base_gamma", {}))
+        self.full_macs = state_dict.get("full_macs")
+        self.history = [dict(r) for r in state_dict.get("history", [])]
+        self.result = state_dict.get("result")
+        self._last_alive = state_dict.get("last_alive")

@@ -1,0 +1,110 @@
+"""MacsBudget: the pruned network lands within the tolerance of a requested MACs budget, then freezes."""
+
+import csv
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from sss_lightning import SSSClassifier, count_flops, prune
+from sss_lightning.callbacks import InTrainingShrink, MacsBudget
+from sss_lightning.data import SyntheticDataModule
+from sss_lightning.gates import gate_parameters
+
+SIZE = [3, 8, 8]
+
+
+def make(gamma: float = 0.05) -> SSSClassifier:
+    torch.manual_seed(0)
+    return SSSClassifier(
+        arch="resnet20", num_classes=4, gates="both", arch_kwargs={"width": 8}, gamma=gamma, input_size=SIZE
+    )
+
+
+def fit(module, root, callbacks, max_epochs=4, train_size=512):
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        logger=CSVLogger(root, name="", version=""),
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=root,
+        callbacks=callbacks,
+    )
+    L.seed_everything(0)
+    data = SyntheticDataModule(num_classes=4, image_size=8, train_size=train_size, batch_size=16)
+    trainer.fit(module, datamodule=data)
+    return trainer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", [0.3, 0.6, 250_000])
+def test_the_pruned_network_lands_within_3_percent_of_the_budget_and_freezes(tmp_path, target):
+    module = make()
+    full = count_flops(module.net, SIZE).macs
+    budget = MacsBudget(target, by_epoch=3, every_n_steps=8)
+    fit(module, tmp_path, [budget])
+
+    wanted = target if target > 1 else target * full
+    landed = count_flops(prune(module.net), SIZE).macs  # fvcore, independent of the controller's estimate
+    assert abs(landed / wanted - 1) <= 0.03
+    assert budget.result["epoch"] == 3 and budget.result["macs"] == pytest.approx(landed)
+    assert not any(p.requires_grad for p in gate_parameters(module.net))  # epoch 4 trained the weights only
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    logged = [r for r in rows if r.get("budget/macs")]
+    assert len(logged) >= 10  # budget vs current MACs over time
+    assert [float(r["budget/target_macs"]) for r in logged] == pytest.approx([wanted] * len(logged))
+    assert len({r["budget/gamma"] for r in logged}) > 3  # the controller moved gamma
+
+
+@pytest.mark.slow
+def test_budget_then_in_training_shrink(tmp_path):
+    module = make()
+    budget, shrink = MacsBudget(0.5, by_epoch=2, every_n_steps=8), InTrainingShrink()
+    fit(module, tmp_path, [budget, shrink], max_epochs=3)
+    assert [row["epoch"] for row in shrink.history] == [3]
+    landed = count_flops(prune(module.net), SIZE).macs
+    assert abs(landed / budget.result["target_macs"] - 1) <= 0.03
+
+
+def test_budget_state_round_trips():
+    budget = MacsBudget(0.5, by_epoch=2)
+    budget.scale, budget.full_macs, budget.base_gamma = 2.5, 1e6, {"gates": 0.01}
+    budget.result = {"epoch": 2, "macs": 5e5}
+    restored = MacsBudget(0.5, by_epoch=2)
+    restored.load_state_dict(budget.state_dict())
+    assert restored.state_dict() == budget.state_dict() and restored.target == 5e5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"target_macs": 0, "by_epoch": 2}, "target_macs must be > 0"),
+        ({"target_macs": 0.5, "by_epoch": 0}, "by_epoch must be an epoch number >= 1"),
+        ({"target_macs": 0.5, "by_epoch": 2, "tolerance": 0}, r"tolerance must be in \(0, 1\)"),
+        ({"target_macs": 0.5, "by_epoch": 2, "every_n_steps": 0}, "every_n_steps must be a positive int"),
+        ({"target_macs": 0.5, "by_epoch": 2, "max_change": 1.0}, "max_change > 1"),
+    ],
+)
+def test_bad_arguments_say_what_to_fix(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MacsBudget(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("target", "gamma", "max_epochs", "message"),
+    [
+        (0.5, 0.05, 1, r"by_epoch=2\) is after the last epoch"),
+        (10**12, 0.05, 3, "outside what gates can reach"),
+        (10, 0.05, 3, "outside what gates can reach"),
+        (0.5, 0.0, 3, "set the module's gamma > 0"),
+    ],
+)
+def test_unreachable_budgets_fail_before_training(tmp_path, target, gamma, max_epochs, message):
+    module = make(gamma=gamma)
+    before = [p.detach().clone() for p in module.parameters()]
+    with pytest.raises(ValueError, match=message):
+        fit(module, tmp_path, [MacsBudget(target, by_epoch=2)], max_epochs=max_epochs, train_size=32)
+    assert all(torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))

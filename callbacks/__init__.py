@@ -3,6 +3,7 @@
 from .budget import MacsBudget
 from .freeze import FreezeGates
 from .gate_monitor import GateMonitor
+from .magnitude import MagnitudePruning
 from .shrink import InTrainingShrink
 from .snapshot import PruningSnapshot
 from .summary import FitSummary
@@ -14,6 +15,7 @@ __all__ = [
     "GateMonitor",
     "InTrainingShrink",
     "MacsBudget",
+    "MagnitudePruning",
     "PruningSnapshot",
     "StructuralSurgery",
 ]

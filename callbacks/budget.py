@@ -183,11 +183,13 @@ class MacsBudget(Callback):
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if self.result is not None or trainer.global_step % self.every_n_steps or not trainer.global_step:
+        if self.result is not None:
+            return
+        self._remember(pl_module.net)
+        if trainer.global_step % self.every_n_steps or not trainer.global_step:
             return
         if self.history and self.history[-1]["step"] == trainer.global_step:
             return  # the same optimizer step (gradient accumulation)
-        self._remember(pl_module.net)
         ahead = self._measure(pl_module.net, self._lookahead(trainer))
         # aim at the upper half of the band: landing above it is fixed at the deadline, below it is not
         ratio = ahead / (self.target * (1 + self.tolerance / 2))
@@ -240,68 +242,71 @@ class MacsBudget(Callback):
         )
         if abs(off) > self.tolerance:
             rank_zero_warn(
-                f"MacsBudget: landed {off:+.1%} from the budget, outside the {self.tolerance:.0%} tolerance. "
-                "Too cheap means gates died faster than the controller could revive them: lower the module's "
-                "gamma or the gain, or give the controller more epochs (by_epoch)"
+                f"MacsBudget: landed {off:+.1%} from the budget, outside the {self.tolerance:.0%} tolerance: the "
+                "gates left no combination inside it (a block gate removes a whole block, and revived gates need "
+                "an earlier non-zero value). Give the controller more steps before by_epoch, lower gamma, or "
+                "widen the tolerance"
             )
 
     @torch.no_grad()
-    def _project(self, net: torch.nn.Module) -> int:
-        """Zero the ``k`` smallest non-zero gates, ``k`` the fewest (bisection) that meet the budget."""
-        entries = [(float(v), p, i) for p in gate_parameters(net) for i, v in enumerate(p.detach().flatten()) if v != 0]
-        entries.sort(key=lambda e: abs(e[0]))
-        saved = [p.detach().clone() for p in gate_parameters(net)]
-
-        def zero_first(k: int) -> float:
-            for p, s in zip(gate_parameters(net), saved, strict=True):
-                p.copy_(s)
-            for _, p, i in entries[:k]:
-                p.view(-1)[i] = 0
-            return self._measure(net)
-
-        low, high = 0, len(entries)
-        limit = self.target * (1 + self.tolerance)
-        while low < high:
-            mid = (low + high) // 2
-            if zero_first(mid) <= limit:
-                high = mid
-            else:
-                low = mid + 1
-        zero_first(low)
-        return low
-
-    @torch.no_grad()
-    def _revive(self, net: torch.nn.Module) -> int:
-        """Too cheap: give back zero gates their last non-zero value, the most recently alive first (the
-        fewest, by bisection, that bring the network into the band), for the weights to train on."""
-        assert self._last_alive is not None
+    def _move(self, net: torch.nn.Module, moves: list[tuple[torch.Tensor, int, float]], cheaper: bool) -> int:
+        """Apply the fewest of ``moves`` (gate entry -> new value, in priority order) that bring the MACs into
+        the band: bisection for the first prefix that crosses the band's near edge, then, if one coarse
+        structure jumped across the whole band, skip it and go on one move at a time."""
         gates = gate_parameters(net)
-        entries = [
-            (float(last.flatten()[i]), p, i)
-            for p, last in zip(gates, self._last_alive, strict=True)
-            for i in (p.detach().flatten() == 0).nonzero().flatten().tolist()
-            if last.flatten()[i] != 0
-        ]
-        entries.sort(key=lambda e: -abs(e[0]))
         saved = [p.detach().clone() for p in gates]
+        low_edge, high_edge = self.target * (1 - self.tolerance), self.target * (1 + self.tolerance)
 
-        def revive_first(k: int) -> float:
+        def apply(chosen: list[int]) -> float:
             for p, s in zip(gates, saved, strict=True):
                 p.copy_(s)
-            for value, p, i in entries[:k]:
+            for j in chosen:
+                p, i, value = moves[j]
                 p.view(-1)[i] = value
             return self._measure(net)
 
-        low, high = 0, len(entries)
-        floor = self.target * (1 - self.tolerance)
-        while low < high:  # the fewest revived that reach the band's lower edge
+        def reached(macs: float) -> bool:
+            return macs <= high_edge if cheaper else macs >= low_edge
+
+        low, high = 0, len(moves)
+        while low < high:
             mid = (low + high) // 2
-            if revive_first(mid) >= floor:
+            if reached(apply(list(range(mid)))):
                 high = mid
             else:
                 low = mid + 1
-        revive_first(low)
-        return low
+        chosen = list(range(low))
+        macs = apply(chosen)
+        if not chosen or low_edge <= macs <= high_edge or not reached(macs):  # done, or nothing more to try
+            return len(chosen)
+        chosen.pop()  # the move that jumped across the band
+        for j in range(low, min(len(moves), low + 256)):
+            macs = apply([*chosen, j])
+            if low_edge <= macs <= high_edge:
+                return len(chosen) + 1
+            if not reached(macs):
+                chosen.append(j)
+        apply(chosen)
+        return len(chosen)
+
+    def _project(self, net: torch.nn.Module) -> int:
+        """Too expensive: zero the smallest non-zero gates."""
+        moves = [(p, i, 0.0) for p in gate_parameters(net) for i, v in enumerate(p.detach().flatten().tolist()) if v]
+        moves.sort(key=lambda m: abs(float(m[0].detach().view(-1)[m[1]])))
+        return self._move(net, moves, cheaper=True)
+
+    def _revive(self, net: torch.nn.Module) -> int:
+        """Too cheap: give zero gates back their last non-zero value, the largest first, for the weights to
+        train on in the remaining epochs."""
+        assert self._last_alive is not None
+        moves = [
+            (p, i, float(last.flatten()[i]))
+            for p, last in zip(gate_parameters(net), self._last_alive, strict=True)
+            for i in (p.detach().flatten() == 0).nonzero().flatten().tolist()
+            if last.flatten()[i] != 0
+        ]
+        moves.sort(key=lambda m: -abs(m[2]))
+        return self._move(net, moves, cheaper=False)
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -51,6 +51,8 @@ class SSSModule(L.LightningModule):
             ``gamma_g = gamma * cost_g / mean cost`` (mean over all structures), so the same gamma removes
             expensive structures first; costs are measured once with surgery (:func:`structure_costs`).
         input_size: ``(C, H, W)`` of one input: needed by ``cost_weighted``, and recorded for FLOPs reports.
+        freeze_gates: keep every gate at its initial 1.0, outside the optimizer: the network trains as the
+            plain one does (the baselines' training phase, or an unpruned reference on the same code).
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class SSSModule(L.LightningModule):
         lr_decay: float = 0.1,
         cost_weighted: bool = False,
         input_size: Sequence[int] | None = None,
+        freeze_gates: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
@@ -117,6 +120,9 @@ class SSSModule(L.LightningModule):
                 "sss_lightning.gates.ChannelGate/GroupGate/BlockGate modules to it, or build a registry "
                 "model with gates='block', 'channel' or 'both'."
             )
+        if freeze_gates:
+            for p in gate_parameters(self.net):
+                p.requires_grad_(False)
         num_classes = num_classes or _infer_num_classes(self.net)
         if not num_classes:
             raise ValueError("cannot infer num_classes (the network has no nn.Linear); pass num_classes=")

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from benchmarks import latency
 
 
@@ -74,3 +76,36 @@ def test_optimizer_comparison_script_runs_all_three_and_plots(tmp_path):
     assert by_mode["sgd"]["zero_frac"] == 0.0  # the subgradient baseline never reaches exact zeros
     assert (tmp_path / "opt.png").read_bytes().startswith(b"\x89PNG")
     assert "| gate optimizer | val acc |" in (tmp_path / "opt.md").read_text()
+
+
+def test_budget_script_compares_shrink_and_cost_weighting(tmp_path):
+    from benchmarks import budget
+
+    args = ["--dataset", "synthetic", "--epochs", "2", "--by_epoch", "1", "--batches_per_epoch", "12"]
+    rows = budget.main([*args, "--every_n_steps", "3", "--out", str(tmp_path / "budget")])
+    assert [(r["cost_weighted"], r["shrink"]) for r in rows] == [(False, False), (False, True), (True, True)]
+    assert rows[0]["macs"] == rows[1]["macs"]  # shrinking changes the speed, not the structure
+    assert all(r["budget_curve"] for r in rows)
+    assert "| run | wall time | time / full width |" in (tmp_path / "budget.md").read_text()
+    assert (tmp_path / "budget.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_pareto_script_runs_every_method_and_resumes_without_repeating(tmp_path, monkeypatch):
+    from benchmarks import pareto
+
+    settings = "--dataset synthetic --epochs 2 --batches_per_epoch 3 --seeds [0] --gammas [0.3] --amounts [0.5]"
+    argv = [*settings.split(), "--widths", "[8]", "--out", str(tmp_path / "p")]
+    rows = pareto.main(argv)
+    assert {r["method"] for r in rows} == set(pareto.METHODS)
+    by = {r["method"]: r for r in rows}
+    assert by["unpruned"]["macs_ratio"] == 1.0
+    assert by["uniform"]["macs_ratio"] < 0.4  # width 8 of 16: about a quarter
+    assert by["slimming"]["macs_ratio"] < 1.0 and by["l1_filter"]["macs_ratio"] < 1.0
+    lines = (tmp_path / "p.runs.jsonl").read_text().splitlines()
+    assert len(lines) == 5
+
+    monkeypatch.setattr(pareto, "run_one", lambda *a: pytest.fail("a finished run was repeated"))
+    pareto.main(argv)  # everything is in the log: only the report is rebuilt
+    assert (tmp_path / "p.runs.jsonl").read_text().splitlines() == lines
+    assert "| method | setting | MACs / unpruned |" in (tmp_path / "p.md").read_text()
+    assert (tmp_path / "p.png").read_bytes().startswith(b"\x89PNG")

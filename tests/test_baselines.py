@@ -42,7 +42,9 @@ def test_global_selection_removes_the_lowest_scores_over_all_layers(criterion):
         if not expected.any():
             expected[s.argmax()] = 1
         assert torch.equal(gate.scale.detach(), expected), name
-    assert removed == pytest.approx(0.4, abs=0.02)
+    zeros = torch.cat([g.detach() == 0 for g in gate_parameters(model)])
+    assert removed == pytest.approx(zeros.float().mean().item())
+    assert 0.3 < removed <= 0.4  # 40% minus the channels given back to layers that would have been emptied
 
 
 def test_layer_selection_removes_the_same_fraction_in_every_layer_and_keeps_one():
@@ -100,12 +102,12 @@ def fit(module, callbacks, root, epochs=3):
 @pytest.mark.slow
 def test_the_l1_subgradient_shrinks_the_bn_scales(tmp_path):
     norms = {}
-    for sparsity in (0.0, 0.05):
+    for sparsity in (0.0, 0.1):
         torch.manual_seed(0)
         module = NetworkSlimming(sparsity=sparsity, arch="resnet20", num_classes=4, arch_kwargs={"width": 4})
         fit(module, [], tmp_path / str(sparsity), epochs=2)
         norms[sparsity] = float(torch.cat(list(channel_scores(module.net, "bn_scale").values())).sum())
-    assert norms[0.05] < 0.8 * norms[0.0]
+    assert norms[0.1] < 0.8 * norms[0.0]
 
 
 @pytest.mark.slow

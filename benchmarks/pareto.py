@@ -2,6 +2,7 @@
 
     python -m benchmarks.pareto                                   # ResNet-20 on Fashion-MNIST, 2 seeds
     python -m benchmarks.pareto --arch resnet56 --batches_per_epoch 60
+    python -m benchmarks.pareto --dataset cifar10 --epochs 160 --finetune_epochs 40 --batches_per_epoch 391  # GPU
     python -m benchmarks.pareto --dataset synthetic --epochs 2 --batches_per_epoch 4 --seeds [0]   # smoke
 
 Every method trains the same architecture from the same seed and data order for the same number of
@@ -30,7 +31,7 @@ from jsonargparse import ArgumentParser
 from benchmarks.report import write_report
 from sss_lightning.baselines import NetworkSlimming
 from sss_lightning.callbacks import MagnitudePruning, StructuralSurgery
-from sss_lightning.data import FashionMNISTDataModule, SyntheticDataModule
+from sss_lightning.data import CIFAR10DataModule, FashionMNISTDataModule, SyntheticDataModule
 from sss_lightning.flops import count_flops
 from sss_lightning.module import SSSClassifier
 
@@ -50,18 +51,18 @@ def configs(args) -> list[tuple[str, float | None]]:
 
 def _data(args) -> tuple[Any, list[int]]:
     if args.dataset == "fashion_mnist":
-        return FashionMNISTDataModule(data_dir=args.data_dir, batch_size=128, num_workers=1, download=True), [1, 28, 28]
-    return SyntheticDataModule(num_classes=10, in_channels=1, image_size=16, train_size=1024, batch_size=64), [
-        1,
-        16,
-        16,
-    ]
+        data = FashionMNISTDataModule(data_dir=args.data_dir, batch_size=128, num_workers=1, download=True)
+        return data, [1, 28, 28]
+    if args.dataset == "cifar10":  # the GPU configuration (torchvision downloads CIFAR-10 on first use)
+        return CIFAR10DataModule(data_dir=args.data_dir, download=True, batch_size=128, num_workers=4), [3, 32, 32]
+    data = SyntheticDataModule(num_classes=10, in_channels=1, image_size=16, train_size=1024, batch_size=64)
+    return data, [1, 16, 16]
 
 
 def run_one(method: str, knob: float | None, seed: int, args) -> dict:
     L.seed_everything(seed)
     data, size = _data(args)
-    common = {"arch": args.arch, "num_classes": 10, "in_channels": 1, "lr": args.lr, "input_size": size}
+    common = {"arch": args.arch, "num_classes": 10, "in_channels": size[0], "lr": args.lr, "input_size": size}
     callbacks: list[L.Callback] = []
     if method == "sss":
         module = SSSClassifier(gates="both", gamma=knob, **common)
@@ -245,7 +246,7 @@ def plot(rows: list[dict], args, path: Path) -> None:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = ArgumentParser(description=__doc__.splitlines()[0], default_env=False)
     parser.add_argument("--arch", type=str, default="resnet20")
-    parser.add_argument("--dataset", type=str, default="fashion_mnist", help="fashion_mnist or synthetic")
+    parser.add_argument("--dataset", type=str, default="fashion_mnist", help="fashion_mnist, cifar10 or synthetic")
     parser.add_argument("--data_dir", type=str, default="data")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--finetune_epochs", type=int, default=1)
@@ -253,12 +254,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--seeds", type=list[int], default=[0, 1])
     parser.add_argument("--gammas", type=list[float], default=[0.01, 0.02, 0.04])
-    parser.add_argument("--amounts", type=list[float], default=[0.4, 0.6, 0.8])
-    parser.add_argument("--widths", type=list[int], default=[14, 12, 10])
+    parser.add_argument("--amounts", type=list[float], default=[0.3, 0.6])
+    parser.add_argument("--widths", type=list[int], default=[13, 10])
     parser.add_argument("--scope", type=str, default="global", help="pruners' threshold: global or layer")
     parser.add_argument("--slimming_sparsity", type=float, default=1e-4)
-    parser.add_argument("--out", type=str, default="benchmarks/results/pareto_resnet20")
+    parser.add_argument("--out", type=str | None, default=None, help="default: benchmarks/results/pareto_<arch>")
     args = parser.parse_args(argv)
+    if args.out is None:
+        suffix = "" if args.dataset == "fashion_mnist" else f"_{args.dataset}"
+        args.out = f"benchmarks/results/pareto_{args.arch}{suffix}"
     if not 0 < args.finetune_epochs < args.epochs:
         parser.error("--finetune_epochs must be at least 1 and less than --epochs")
     args.out_dir = str(Path(args.out).parent / "runs")

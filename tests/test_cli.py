@@ -39,6 +39,36 @@ def test_fashion_mnist_quick_config_fits_with_fast_dev_run(tmp_path, monkeypatch
     assert model.sss_metadata["input_size"] == [1, 28, 28]
 
 
+@pytest.mark.slow
+def test_budget_config_lands_shrinks_and_prunes(tmp_path, monkeypatch, fashion_gz_dir):
+    """The YAML names every budget/shrink setting by class_path, so a typo there would fail here."""
+    from sss_lightning.cli import SSSLightningCLI
+
+    monkeypatch.chdir(tmp_path)
+    cli = SSSLightningCLI(
+        args=[
+            "fit",
+            "--config",
+            str(EXPERIMENTS / "fashion_mnist_budget.yaml"),
+            "--trainer.max_epochs=3",
+            "--trainer.limit_train_batches=12",
+            "--trainer.limit_val_batches=2",
+            "--data.init_args.data_dir",
+            str(tmp_path / "data"),
+            "--data.init_args.source_dir",
+            str(fashion_gz_dir),
+            "--data.init_args.batch_size=16",
+            "--data.init_args.num_workers=0",
+            "--model.init_args.arch_kwargs={width: 4}",
+        ]
+    )
+    budget = next(c for c in cli.trainer.callbacks if type(c).__name__ == "MacsBudget")
+    shrink = next(c for c in cli.trainer.callbacks if type(c).__name__ == "InTrainingShrink")
+    assert budget.result["epoch"] == 2 and abs(budget.result["macs"] / budget.result["target_macs"] - 1) <= 0.03
+    assert [row["epoch"] for row in shrink.history] == [3]
+    assert (tmp_path / "runs" / "fashion_mnist_budget" / "pruned.pt").is_file()
+
+
 def test_resnet_cifar_config_fits_with_fast_dev_run(tmp_path, monkeypatch, cifar10_dir):
     monkeypatch.chdir(tmp_path)
     main(

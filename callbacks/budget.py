@@ -49,7 +49,8 @@ class MacsBudget(Callback):
         max_change: largest factor gamma may change by in one measurement.
         input_size: ``(C, H, W)``; default: the shape the module recorded from its batches.
 
-    Logs ``budget/macs``, ``budget/target_macs``, ``budget/macs_over_target`` and ``budget/gamma``.
+    Logs ``budget/macs`` (and ``budget/macs_lookahead``, what the controller steers), ``budget/target_macs``,
+    ``budget/macs_over_target``, ``budget/gamma`` (the largest gate group's) and ``budget/gamma_scale``.
     """
 
     def __init__(
@@ -142,26 +143,30 @@ class MacsBudget(Callback):
                 for p, saved in zip(gate_parameters(net), zeroed, strict=True):
                     p.copy_(saved)
 
-    def _measure(self, net: torch.nn.Module, below: float = 0.0) -> float:
-        """MACs of the pruned network, counting gates smaller than ``below`` as zero too."""
+    def _measure(self, net: torch.nn.Module, below: dict[int, float] | None = None) -> float:
+        """MACs of the pruned network; with ``below`` (gate parameter id -> threshold), gates smaller than
+        their threshold count as zero too."""
         assert self._estimator is not None
-        if below <= 0:
+        if not below:
             return float(self._estimator(prune(net)))
         with torch.no_grad():
             saved = [p.detach().clone() for p in gate_parameters(net)]
             for p in gate_parameters(net):
-                p.masked_fill_(p.abs() < below, 0.0)
+                p.masked_fill_(p.abs() < below.get(id(p), 0.0), 0.0)
             try:
                 return float(self._estimator(prune(net)))
             finally:
                 for p, s in zip(gate_parameters(net), saved, strict=True):
                     p.copy_(s)
 
-    def _lookahead(self, trainer: L.Trainer) -> float:
-        """How far the L1 step alone moves a gate in the next ``every_n_steps`` steps (momentum included):
-        gates closer to zero than this are counted as gone, so the controller reacts before they are."""
-        group = _gate_groups(trainer.optimizers[0])[0]
-        return self.every_n_steps * group["lr"] * group["gamma"] / (1 - group["momentum"])
+    def _lookahead(self, trainer: L.Trainer) -> dict[int, float]:
+        """Per gate, how far the L1 step alone moves it in the next ``every_n_steps`` steps (momentum
+        included): gates closer to zero than that count as gone, so the controller reacts before they are."""
+        return {
+            id(p): self.every_n_steps * g["lr"] * g["gamma"] / (1 - g["momentum"])
+            for g in _gate_groups(trainer.optimizers[0])
+            for p in g["params"]
+        }
 
     def _set_gamma(self, trainer: L.Trainer) -> None:
         for group in _gate_groups(trainer.optimizers[0]):
@@ -176,6 +181,7 @@ class MacsBudget(Callback):
             "target_macs": self.target,
             "macs_over_target": macs / self.target,
             "gamma": float(gamma),
+            "gamma_scale": self.scale,
         }
         self.history.append(row)
         for logger in trainer.loggers:

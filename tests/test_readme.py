@@ -51,3 +51,17 @@ def test_readme_mobilenet_example_trains_prunes_and_cuts_the_depthwise_conv():
     assert (dw.in_channels, dw.out_channels, dw.groups) == (hidden, hidden, hidden) == (32, 32, 32)
     assert pruned[3].branch[0].out_channels == hidden and pruned[3].branch[7].in_channels == hidden
     assert_same_outputs(net, pruned, torch.randn(2, 1, 8, 8))
+
+
+def test_readme_baselines_example_builds_each_method():
+    from sss_lightning.callbacks import MagnitudePruning
+
+    (block,) = [b for b in _python_blocks() if "NetworkSlimming" in b]
+    namespace: dict = {}
+    exec(block, namespace)
+    x = torch.randn(2, 1, 28, 28)
+    for name in ("slimming", "plain", "thin"):
+        assert namespace[name](x).shape == (2, 10)
+    assert [g["name"] for g in namespace["slimming"].param_groups()] == ["weights", "bn_scales"]
+    assert namespace["thin"].net.stem[0].out_channels == 10
+    assert all(isinstance(namespace[k], MagnitudePruning) for k in ("prune_ns", "prune_l1"))

@@ -6,7 +6,9 @@
     python -m benchmarks.pareto --dataset synthetic --epochs 2 --batches_per_epoch 4 --seeds [0]   # smoke
 
 Every method trains the same architecture from the same seed and data order for the same number of
-epochs: SSS (gates on blocks and channels, one gamma per point) trains and prunes in one pass; Network
+epochs: SSS (gates on blocks and channels, one gamma per point) trains and prunes in one pass; SSS +
+MacsBudget steers gamma to a MACs target (one per point) by the epoch where the pruners cut, then trains
+the frozen, shrunk structure for the remaining epochs; Network
 Slimming (L1 on BN scales) and L1-norm filter pruning train for ``epochs - finetune_epochs`` epochs, cut
 the lowest-scored channels (one fraction per point) with the same surgery, and fine-tune for the rest;
 uniform shrinking trains a thinner network (one width per point) from scratch; the unpruned network is
@@ -30,12 +32,12 @@ from jsonargparse import ArgumentParser
 
 from benchmarks.report import write_report
 from sss_lightning.baselines import NetworkSlimming
-from sss_lightning.callbacks import MagnitudePruning, StructuralSurgery
+from sss_lightning.callbacks import InTrainingShrink, MacsBudget, MagnitudePruning, StructuralSurgery
 from sss_lightning.data import CIFAR10DataModule, FashionMNISTDataModule, SyntheticDataModule
 from sss_lightning.flops import count_flops
 from sss_lightning.module import SSSClassifier
 
-METHODS = ("unpruned", "sss", "slimming", "l1_filter", "uniform")
+METHODS = ("unpruned", "sss", "sss_budget", "slimming", "l1_filter", "uniform")
 
 
 def configs(args) -> list[tuple[str, float | None]]:
@@ -43,6 +45,7 @@ def configs(args) -> list[tuple[str, float | None]]:
     return [
         ("unpruned", None),
         *[("sss", g) for g in args.gammas],
+        *[("sss_budget", t) for t in args.budgets],
         *[("slimming", a) for a in args.amounts],
         *[("l1_filter", a) for a in args.amounts],
         *[("uniform", float(w)) for w in args.widths],
@@ -64,9 +67,14 @@ def run_one(method: str, knob: float | None, seed: int, args) -> dict:
     data, size = _data(args)
     common = {"arch": args.arch, "num_classes": 10, "in_channels": size[0], "lr": args.lr, "input_size": size}
     callbacks: list[L.Callback] = []
+    surgery = StructuralSurgery(dirpath=args.out_dir, filename=f"{method}-{knob}-{seed}.pt")
     if method == "sss":
         module = SSSClassifier(gates="both", gamma=knob, **common)
-        callbacks.append(StructuralSurgery(dirpath=args.out_dir, filename=f"{method}-{knob}-{seed}.pt"))
+        callbacks.append(surgery)
+    elif method == "sss_budget":  # the same epochs: search until the pruners would cut, then train the weights
+        module = SSSClassifier(gates="both", gamma=args.budget_gamma, **common)
+        budget = MacsBudget(knob, by_epoch=args.epochs - args.finetune_epochs)
+        callbacks += [budget, InTrainingShrink(), surgery]
     elif method == "slimming":
         module = NetworkSlimming(sparsity=args.slimming_sparsity, **common)
     elif method == "uniform":
@@ -101,8 +109,8 @@ def run_one(method: str, knob: float | None, seed: int, args) -> dict:
     trainer.fit(module, datamodule=data)
     seconds = time.perf_counter() - start
     acc = trainer.callback_metrics["val/acc"]
-    if method == "sss":  # the pruned network's own accuracy (equal to the gated one's: surgery is exact)
-        acc = callbacks[0].report.get("val_acc", acc)
+    if method in ("sss", "sss_budget"):  # the pruned network's own accuracy (= the gated one's: exact surgery)
+        acc = surgery.report.get("val_acc", acc)
     flops = count_flops(module.net, size)
     return {
         "arch": args.arch,
@@ -163,6 +171,7 @@ def report(rows: list[dict], args) -> str:
     names = {
         "unpruned": "unpruned",
         "sss": "SSS",
+        "sss_budget": "SSS + MacsBudget",
         "slimming": "Network Slimming",
         "l1_filter": "L1-norm filters",
         "uniform": "uniform width",
@@ -170,6 +179,7 @@ def report(rows: list[dict], args) -> str:
     knobs = {
         "unpruned": "-",
         "sss": "gamma {}",
+        "sss_budget": "budget {:.0%}",
         "slimming": "{:.0%} channels",
         "l1_filter": "{:.0%} channels",
         "uniform": "width {:.0f}",
@@ -189,7 +199,7 @@ def report(rows: list[dict], args) -> str:
         drop = 100 * (base["acc_mean"] - r["acc_mean"])
         cmp = []
         for other in ("slimming", "uniform"):
-            acc = interpolate(rows, other, r["macs_ratio"]) if r["method"] == "sss" else None
+            acc = interpolate(rows, other, r["macs_ratio"]) if r["method"].startswith("sss") else None
             cmp.append(f"{100 * (r['acc_mean'] - acc):+.2f} pt" if acc is not None else "-")
         lines.append(
             f"| {names[r['method']]} | {setting} | {r['macs_ratio']:.3f} | {r['params'] / 1e3:.1f}K | "
@@ -210,9 +220,10 @@ def plot(rows: list[dict], args, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    styles = {"sss": "o-", "slimming": "s--", "l1_filter": "^--", "uniform": "D:", "unpruned": "k*"}
+    styles = {"sss": "o-", "sss_budget": "P-", "slimming": "s--", "l1_filter": "^--", "uniform": "D:", "unpruned": "k*"}
     labels = {
         "sss": "SSS (ours)",
+        "sss_budget": "SSS + MacsBudget (ours)",
         "slimming": "Network Slimming",
         "l1_filter": "L1-norm filters",
         "uniform": "uniform width",
@@ -254,6 +265,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--seeds", type=list[int], default=[0, 1])
     parser.add_argument("--gammas", type=list[float], default=[0.01, 0.02, 0.04])
+    parser.add_argument("--budgets", type=list[float], default=[0.6, 0.4], help="SSS + MacsBudget targets")
+    parser.add_argument("--budget_gamma", type=float, default=0.03, help="SSS + MacsBudget's starting gamma")
     parser.add_argument("--amounts", type=list[float], default=[0.3, 0.6])
     parser.add_argument("--widths", type=list[int], default=[13, 10])
     parser.add_argument("--scope", type=str, default="global", help="pruners' threshold: global or layer")

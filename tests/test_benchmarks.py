@@ -94,7 +94,7 @@ def test_pareto_script_runs_every_method_and_resumes_without_repeating(tmp_path,
     from benchmarks import pareto
 
     settings = "--dataset synthetic --epochs 2 --batches_per_epoch 3 --seeds [0] --gammas [0.3] --amounts [0.5]"
-    argv = [*settings.split(), "--widths", "[8]", "--out", str(tmp_path / "p")]
+    argv = [*settings.split(), "--budgets", "[0.6]", "--widths", "[8]", "--out", str(tmp_path / "p")]
     rows = pareto.main(argv)
     assert {r["method"] for r in rows} == set(pareto.METHODS)
     by = {r["method"]: r for r in rows}
@@ -102,7 +102,7 @@ def test_pareto_script_runs_every_method_and_resumes_without_repeating(tmp_path,
     assert by["uniform"]["macs_ratio"] < 0.4  # width 8 of 16: about a quarter
     assert by["slimming"]["macs_ratio"] < 1.0 and by["l1_filter"]["macs_ratio"] < 1.0
     lines = (tmp_path / "p.runs.jsonl").read_text().splitlines()
-    assert len(lines) == 5
+    assert len(lines) == 6
 
     monkeypatch.setattr(pareto, "run_one", lambda *a: pytest.fail("a finished run was repeated"))
     pareto.main(argv)  # everything is in the log: only the report is rebuilt

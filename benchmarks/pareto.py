@@ -42,7 +42,7 @@ METHODS = ("unpruned", "sss", "sss_budget", "slimming", "l1_filter", "uniform")
 
 def configs(args) -> list[tuple[str, float | None]]:
     """(method, knob) pairs: gamma for SSS, fraction of channels for the two pruners, width for uniform."""
-    return [
+    every = [
         ("unpruned", None),
         *[("sss", g) for g in args.gammas],
         *[("sss_budget", t) for t in args.budgets],
@@ -50,6 +50,7 @@ def configs(args) -> list[tuple[str, float | None]]:
         *[("l1_filter", a) for a in args.amounts],
         *[("uniform", float(w)) for w in args.widths],
     ]
+    return [(method, knob) for method, knob in every if method in args.methods]
 
 
 def _data(args) -> tuple[Any, list[int]]:
@@ -264,6 +265,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--batches_per_epoch", type=int, default=120)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--seeds", type=list[int], default=[0, 1])
+    parser.add_argument("--methods", type=list[str], default=list(METHODS), help=f"a subset of {METHODS}")
     parser.add_argument("--gammas", type=list[float], default=[0.01, 0.02, 0.04])
     parser.add_argument("--budgets", type=list[float], default=[0.6, 0.4], help="SSS + MacsBudget targets")
     parser.add_argument("--budget_gamma", type=float, default=0.03, help="SSS + MacsBudget's starting gamma")
@@ -273,6 +275,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--slimming_sparsity", type=float, default=1e-4)
     parser.add_argument("--out", type=str | None, default=None, help="default: benchmarks/results/pareto_<arch>")
     args = parser.parse_args(argv)
+    if "unpruned" not in args.methods or set(args.methods) - set(METHODS):
+        parser.error(f"--methods must include 'unpruned' (the reference) and come from {METHODS}")
     if args.out is None:
         suffix = "" if args.dataset == "fashion_mnist" else f"_{args.dataset}"
         args.out = f"benchmarks/results/pareto_{args.arch}{suffix}"

@@ -15,6 +15,7 @@ from typing_extensions import override
 from sss_lightning.flops import comparison_dict, count_flops, format_comparison
 from sss_lightning.gates import iter_gates
 from sss_lightning.io import save_pruned
+from sss_lightning.models.registry import build_model
 from sss_lightning.surgery import prune
 
 from .input_size import check_input_size, require_input_size
@@ -132,7 +133,7 @@ class StructuralSurgery(Callback):
             )
         size = self._input_size(pl_module)
         pruned = prune(net)
-        before, after = count_flops(net, size), count_flops(pruned, size)
+        before, after = count_flops(self._as_built(net, shrunk), size), count_flops(pruned, size)
         replace = getattr(pl_module, "replace_network", None)
         if callable(replace):
             replace(pruned)
@@ -143,6 +144,16 @@ class StructuralSurgery(Callback):
         for logger in trainer.loggers:
             logger.log_metrics({f"surgery/{k}": v for k, v in self.report.items()}, step=trainer.global_step)
         return True
+
+    @staticmethod
+    def _as_built(net: torch.nn.Module, shrunk: bool) -> torch.nn.Module:
+        """The network to report "before" numbers for: after an in-training shrink, the registry
+        architecture as it was built (else the table would compare the already smaller one with itself)."""
+        arch = getattr(net, "sss_arch", None)
+        if not shrunk or arch is None:
+            return net
+        with torch.random.fork_rng(devices=[]):  # a reference build must not move the training RNG
+            return build_model(arch["name"], **arch["kwargs"])
 
     @torch.no_grad()
     def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

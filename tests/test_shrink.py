@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
-from sss_lightning import SSSClassifier, build_model
+from sss_lightning import SSSClassifier, build_model, count_flops
 from sss_lightning.callbacks import FreezeGates, InTrainingShrink, StructuralSurgery
 from sss_lightning.data import SyntheticDataModule
 from sss_lightning.gates import ChannelGate, gate_parameters, iter_gates, random_gate_pattern
@@ -187,6 +187,8 @@ def test_shrink_after_freeze_then_surgery_at_the_end(tmp_path):
     assert shrink.history[0]["epoch"] == freeze.frozen_at + 1
     assert all(record.optimizer_holds_net)
     assert not list(iter_gates(module.net)) and (tmp_path / "pruned.pt").is_file()
+    full = count_flops(make().net, [3, 8, 8]).macs  # the report's "before" is the network as built
+    assert surgery.report["gated/macs"] == full > surgery.report["pruned/macs"]
 
 
 class Kill(L.Callback):

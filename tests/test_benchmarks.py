@@ -82,7 +82,7 @@ def test_budget_script_compares_shrink_and_cost_weighting(tmp_path):
     from benchmarks import budget
 
     args = ["--dataset", "synthetic", "--epochs", "2", "--by_epoch", "1", "--batches_per_epoch", "12"]
-    rows = budget.main([*args, "--every_n_steps", "3", "--out", str(tmp_path / "budget")])
+    rows = budget.main([*args, "--every_n_steps", "3", "--timing_steps", "2", "--out", str(tmp_path / "budget")])
     assert [(r["cost_weighted"], r["shrink"]) for r in rows] == [(False, False), (False, True), (True, True)]
     assert rows[0]["macs"] == rows[1]["macs"]  # shrinking changes the speed, not the structure
     assert all(r["budget_curve"] for r in rows)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -21,6 +23,18 @@ from .input_size import check_input_size, require_input_size
 def _gate_groups(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
     """SSSModule names its gate param groups ``gates`` or ``gates:<path>`` (cost-weighted)."""
     return [g for g in optimizer.param_groups if str(g.get("name", "")).startswith("gates")]
+
+
+@contextmanager
+def _gates_restored(net: torch.nn.Module) -> Iterator[None]:
+    """Gate values may be changed inside (to measure what-if MACs); they are put back on exit."""
+    with torch.no_grad():
+        saved = [p.detach().clone() for p in gate_parameters(net)]
+        try:
+            yield
+        finally:
+            for p, value in zip(gate_parameters(net), saved, strict=True):
+                p.copy_(value)
 
 
 class MacsBudget(Callback):
@@ -133,15 +147,10 @@ class MacsBudget(Callback):
 
     def _floor(self, net: torch.nn.Module) -> float:
         """MACs with every gate zero: the cheapest network these gates can select."""
-        with torch.no_grad():
-            zeroed = [p.detach().clone() for p in gate_parameters(net)]
+        with _gates_restored(net):
             for p in gate_parameters(net):
                 p.zero_()
-            try:
-                return float(self._estimator(prune(net)))
-            finally:
-                for p, saved in zip(gate_parameters(net), zeroed, strict=True):
-                    p.copy_(saved)
+            return float(self._estimator(prune(net)))
 
     def _measure(self, net: torch.nn.Module, below: dict[int, float] | None = None) -> float:
         """MACs of the pruned network; with ``below`` (gate parameter id -> threshold), gates smaller than
@@ -149,15 +158,10 @@ class MacsBudget(Callback):
         assert self._estimator is not None
         if not below:
             return float(self._estimator(prune(net)))
-        with torch.no_grad():
-            saved = [p.detach().clone() for p in gate_parameters(net)]
+        with _gates_restored(net):
             for p in gate_parameters(net):
                 p.masked_fill_(p.abs() < below.get(id(p), 0.0), 0.0)
-            try:
-                return float(self._estimator(prune(net)))
-            finally:
-                for p, s in zip(gate_parameters(net), saved, strict=True):
-                    p.copy_(s)
+            return float(self._estimator(prune(net)))
 
     def _lookahead(self, trainer: L.Trainer) -> dict[int, float]:
         """Per gate, how far the L1 step alone moves it in the next ``every_n_steps`` steps (momentum

@@ -57,6 +57,13 @@ class Gate(nn.Module):
         """Boolean mask of the structures whose gate is not exactly zero."""
         return self.scale.detach() != 0
 
+    def channel_factors(self, channels: int) -> Tensor:
+        """The gate as one factor per channel of a ``channels``-wide tensor (differentiable).
+
+        What surgery folds into the consumer layer, and what a fused forward multiplies into its weights.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not scale individual channels")
+
     def extra_repr(self) -> str:
         return f"{self.num_structures}"
 
@@ -77,6 +84,11 @@ class ChannelGate(Gate):
             )
         return x * self.scale.view(1, -1, *([1] * (x.dim() - 2)))
 
+    def channel_factors(self, channels: int) -> Tensor:
+        if channels != self.num_structures:
+            raise ValueError(f"ChannelGate({self.num_structures}) cannot scale {channels} channels")
+        return self.scale
+
 
 class GroupGate(Gate):
     """One factor per group of a grouped conv's output: ``C`` channels in ``groups`` contiguous blocks."""
@@ -93,8 +105,12 @@ class GroupGate(Gate):
                 f"GroupGate({groups}) got input of shape {tuple(x.shape)}; dimension 1 must be a "
                 f"multiple of {groups} (channels are split into {groups} contiguous groups)"
             )
-        per_group = x.shape[1] // groups
-        return x * self.scale.repeat_interleave(per_group).view(1, -1, *([1] * (x.dim() - 2)))
+        return x * self.channel_factors(x.shape[1]).view(1, -1, *([1] * (x.dim() - 2)))
+
+    def channel_factors(self, channels: int) -> Tensor:
+        if channels % self.num_structures:
+            raise ValueError(f"GroupGate({self.num_structures}) needs a channel count divisible by it, got {channels}")
+        return self.scale.repeat_interleave(channels // self.num_structures)
 
 
 class BlockGate(Gate):

@@ -237,12 +237,11 @@ def _scale_outputs(layer: nn.Module, factor: Tensor, where: str) -> None:
 
 def _channel_scale(gate: Gate, channels: int | None) -> Tensor:
     """The gate as one factor per channel (a group gate repeats its factor over the group's channels)."""
-    scale = gate.scale.detach()
-    if isinstance(gate, GroupGate):
-        if channels is None or channels % scale.numel():
-            raise SurgeryError(f"GroupGate({scale.numel()}) needs a channel count divisible by it, got {channels}")
-        scale = scale.repeat_interleave(channels // scale.numel())
-    return scale
+    if not isinstance(gate, GroupGate):
+        return gate.scale.detach()
+    if channels is None or channels % gate.num_structures:
+        raise SurgeryError(f"GroupGate({gate.num_structures}) needs a channel count divisible by it, got {channels}")
+    return gate.channel_factors(channels).detach()
 
 
 def _producer_channels(layers: list[nn.Module], i: int) -> int | None:

@@ -57,3 +57,38 @@ def test_unknown_model_name_lists_known_names():
 def test_bad_architecture_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         CifarResNet(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("resnet20", {"gates": "both", "width": 4}),
+        ("resnext29_8x64d", {"gates": "both", "cardinality": 4, "base_width": 2, "stem_width": 8, "out_width": 16}),
+    ],
+)
+def test_gates_folded_into_the_next_conv_in_training_match_running_the_gate_modules(name, kwargs, monkeypatch):
+    """The fused training forward must give the outputs and gradients of gate * activation, gates included."""
+    from sss_lightning.gates import random_gate_pattern
+
+    model = build_model(name, **kwargs)
+    random_gate_pattern(model, 0.3, seed=1)
+    x = torch.randn(3, 3, 12, 12)
+    inner = [g.module for g in iter_gates(model) if g.kind != "block"]
+    calls = []
+    for gate in inner:
+        gate.register_forward_hook(lambda *_: calls.append(1))
+
+    def loss_and_grads():
+        model.zero_grad()
+        out = model(x)
+        out.square().sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    fused_out, fused_grads = loss_and_grads()
+    assert not calls, "the training forward should fold the inner gates into the next conv, not run them"
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # what a compiler sees: the plain modules
+    ref_out, ref_grads = loss_and_grads()
+    assert len(calls) == len(inner)
+    torch.testing.assert_close(fused_out, ref_out, rtol=1e-5, atol=1e-6)
+    for name_, grad in ref_grads.items():  # float32 sums in another order: compare relative to the norm
+        assert (fused_grads[name_] - grad).norm() <= 1e-4 * grad.norm() + 1e-7, name_

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
+from torch.func import functional_call
+
+from ..gates import BlockGate, ChannelGate, GroupGate
 
 GateSpec = Literal["block", "channel", "both", "none"]
 GATE_SPECS: tuple[str, ...] = ("block", "channel", "both", "none")
@@ -28,6 +32,42 @@ def conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int =
         nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
         nn.BatchNorm2d(out_ch),
     ]
+
+
+def run_fused(seq: nn.Sequential, x: Tensor) -> Tensor:
+    """``seq(x)``, with each channel/group gate that directly precedes a plain conv folded into that conv.
+
+    ``conv(x * s)`` equals a conv whose weights' input channels are scaled by ``s`` (zero padding stays
+    zero), so the gate costs a multiply over the weights instead of a pass over the activations forward
+    and two backward: that pass is most of what gates add to a training step. Only where gradients are
+    recorded and nothing traces or compiles the model (tracers and compilers see the plain modules, and
+    ``torch.compile`` fuses the multiply itself). Module hooks still fire on the conv; the gate module
+    itself is not called.
+    """
+    fuse = torch.is_grad_enabled() and not (
+        torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+    )
+    layers = list(seq)
+    i = 0
+    while i < len(layers):
+        layer, nxt = layers[i], layers[i + 1] if i + 1 < len(layers) else None
+        if (
+            fuse
+            and isinstance(layer, (ChannelGate, GroupGate))
+            and type(nxt) is nn.Conv2d
+            and nxt.groups == 1
+            and x.dim() == 4
+            and x.shape[1] == nxt.in_channels
+            and nxt.in_channels % layer.num_structures == 0
+            and (isinstance(layer, GroupGate) or layer.num_structures == nxt.in_channels)
+        ):
+            weight = nxt.weight * layer.channel_factors(nxt.in_channels).view(1, -1, 1, 1)
+            x = functional_call(nxt, {"weight": weight}, (x,), strict=False)
+            i += 2
+        else:
+            x = layer(x)
+            i += 1
+    return x
 
 
 class GatedResidual(nn.Module):
@@ -55,7 +95,11 @@ class GatedResidual(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.shortcut(x)
         if self.branch is not None:
-            out = self.gate(self.branch(x)) + out
+            branch = run_fused(self.branch, x)
+            if type(self.gate) is BlockGate:  # one fused multiply-add instead of a multiply and an add
+                out = torch.addcmul(out, branch, self.gate.scale)
+            else:
+                out = self.gate(branch) + out
         elif out is x:
             out = out.clone()  # the post activation may be in place; never modify the caller's tensor
         if self.branch_bias is not None:

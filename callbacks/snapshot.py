@@ -12,7 +12,7 @@ from typing_extensions import override
 
 from sss_lightning.flops import MacEstimator
 from sss_lightning.io import save_pruned
-from sss_lightning.surgery import prune
+from sss_lightning.surgery import check_round_to, prune
 
 from .input_size import check_input_size, require_input_size
 
@@ -29,6 +29,7 @@ class PruningSnapshot(Callback):
         epochs: explicit epochs (counted from 1) after which to snapshot.
         dirpath: folder; default ``<default_root_dir>/snapshots``.
         input_size: ``(C, H, W)`` for MACs; default: the shape the module recorded.
+        round_to: channel multiple of the saved models (see :class:`StructuralSurgery`).
     """
 
     def __init__(
@@ -37,6 +38,7 @@ class PruningSnapshot(Callback):
         epochs: list[int] | None = None,
         dirpath: str | None = None,
         input_size: list[int] | None = None,
+        round_to: int = 1,
     ) -> None:
         if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be a positive int, got {every_n_epochs!r}")
@@ -46,6 +48,7 @@ class PruningSnapshot(Callback):
         self.epochs = sorted(int(e) for e in epochs) if epochs is not None else None
         self.dirpath = dirpath
         self.input_size = check_input_size(input_size)
+        self.round_to = check_round_to(round_to)
         self.rows: list[dict[str, Any]] = []
 
     def _due(self, epoch: int) -> bool:
@@ -62,7 +65,7 @@ class PruningSnapshot(Callback):
         if not self._due(epoch) or any(row["epoch"] == epoch for row in self.rows):
             return
         size = require_input_size(self.input_size, pl_module, "PruningSnapshot")
-        pruned = prune(pl_module.net)
+        pruned = prune(pl_module.net, round_to=self.round_to)
         estimator = MacEstimator(pruned, size)
         row: dict[str, Any] = {
             "epoch": epoch,

@@ -16,7 +16,7 @@ from sss_lightning.flops import comparison_dict, count_flops, format_comparison
 from sss_lightning.gates import iter_gates
 from sss_lightning.io import save_pruned
 from sss_lightning.models.registry import build_model
-from sss_lightning.surgery import prune
+from sss_lightning.surgery import check_round_to, prune
 
 from .input_size import check_input_size, require_input_size
 
@@ -47,6 +47,8 @@ class StructuralSurgery(Callback):
         finetune_lr: learning rate of the fine-tuning optimizer.
         evaluate: without fine-tuning, run the pruned network over the validation set and log
             ``surgery/val_acc`` (a check of surgery's exactness on real data).
+        round_to: keep every cut layer's channel count a multiple of this (zero-gated channels fill up,
+            outputs stay exact): 8 or 16 run faster on oneDNN/ONNX Runtime than odd widths.
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class StructuralSurgery(Callback):
         finetune_epochs: int = 0,
         finetune_lr: float | None = None,
         evaluate: bool = True,
+        round_to: int = 1,
     ) -> None:
         if not filename or os.sep in filename:
             raise ValueError(f"filename must be a plain file name, got {filename!r}; put folders in dirpath")
@@ -70,6 +73,7 @@ class StructuralSurgery(Callback):
         self.finetune_epochs = finetune_epochs
         self.finetune_lr = finetune_lr
         self.evaluate = evaluate
+        self.round_to = check_round_to(round_to)
         self.saved_path: Path | None = None
         self.report: dict[str, float] = {}
         self.done = False
@@ -132,7 +136,7 @@ class StructuralSurgery(Callback):
                 f"folded into the weights). Smallest gates: {listed}. Raise gamma or train longer to prune."
             )
         size = self._input_size(pl_module)
-        pruned = prune(net)
+        pruned = prune(net, round_to=self.round_to)
         before, after = count_flops(self._as_built(net, shrunk), size), count_flops(pruned, size)
         replace = getattr(pl_module, "replace_network", None)
         if callable(replace):

@@ -28,7 +28,7 @@ from .gates import random_gate_pattern
 from .io import load_pruned, save_pruned
 from .models import build_model, default_input_size, list_models
 from .module import SSSModule, load_sss_checkpoint
-from .surgery import prune
+from .surgery import check_round_to, prune
 
 __all__ = ["SSSLightningCLI", "ConfigError", "main", "export_command", "models_command", "prune_command"]
 
@@ -73,7 +73,14 @@ def prune_command(argv: list[str]) -> Path:
     parser.add_argument("--out", type=str, default=None, help="pruned model file (default: <ckpt>-pruned.pt)")
     parser.add_argument("--input_size", type=list[int] | None, default=None, help="(C, H, W) for FLOPs")
     parser.add_argument("--config", type=str, default=None, help="fit config whose data to evaluate accuracy on")
+    parser.add_argument(
+        "--round_to", type=int, default=1, help="keep channel counts a multiple of this (8/16: faster on oneDNN/ORT)"
+    )
     args = parser.parse_args(argv)
+    try:
+        check_round_to(args.round_to)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     ckpt = Path(args.ckpt)
     try:
         module, info = load_sss_checkpoint(ckpt)
@@ -83,7 +90,7 @@ def prune_command(argv: list[str]) -> Path:
     if not size:
         raise ConfigError(f"{ckpt} records no input shape; pass --input_size C H W")
     gated = module.net
-    pruned = prune(gated)
+    pruned = prune(gated, round_to=args.round_to)
     before, after = count_flops(gated, size), count_flops(pruned, size)
     extra: dict[str, tuple[float, float]] = {}
     if args.config:

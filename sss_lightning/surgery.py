@@ -17,18 +17,23 @@ sit*, which is why one code path serves every architecture built from these two 
 
 A module with another shape plugs in by defining ``sss_prune(self) -> nn.Module`` (it may call
 :func:`prune_sequential` and the ``cut_*`` primitives); surgery calls it instead of descending into it.
-To also support ``fold_gates=False`` it takes a ``fold_gates: bool`` keyword and passes it on.
+To also support ``fold_gates=False`` or ``round_to`` it takes that keyword and passes it on.
 
 ``prune(model, fold_gates=False)`` only *slices*: zero structures are cut as above, but surviving gates
 stay in place (cut to their surviving entries, ``requires_grad`` kept) and nothing is folded, so every
 parameter of the result is a sub-tensor of the parameter with the same name in ``model``. That is what
 lets in-training shrink (:mod:`sss_lightning.shrink`) carry optimizer state over by indexing.
+
+``prune(model, round_to=8)`` keeps each cut layer's channel count a multiple of 8 by keeping some
+zero-gated channels too (their folded weights are zero, so outputs are still exact): runtimes with
+blocked layouts (oneDNN, ONNX Runtime) run such widths much faster than odd ones, for a few more MACs.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +46,7 @@ from .models.blocks import GatedResidual
 __all__ = [
     "SurgeryError",
     "prune",
+    "check_round_to",
     "prune_sequential",
     "cut_conv",
     "cut_batchnorm",
@@ -360,8 +366,31 @@ def _constant_output(layers: list[nn.Module], channels: int, where: str) -> Tens
     return v.flatten()
 
 
+def _round_up(keep: Tensor, structures: int, round_to: int) -> Tensor:
+    """``keep`` plus the first dropped structures, until the kept channels are a multiple of ``round_to``
+    (or every structure is kept): a zero-gated structure costs MACs but never changes the output."""
+    per = keep.numel() // structures
+    kept = keep.view(structures, per).all(1)
+    alive = int(kept.sum())
+    target = next((k for k in range(alive, structures + 1) if k * per % round_to == 0), structures)
+    kept[(~kept).nonzero().flatten()[: target - alive]] = True
+    return kept.repeat_interleave(per)
+
+
+def check_round_to(round_to: int) -> int:
+    """``round_to`` itself, or a ``ValueError`` saying what it must be (callbacks check it when built)."""
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(f"round_to must be a positive int (1 keeps exactly the non-zero channels), got {round_to!r}")
+    return round_to
+
+
 def prune_sequential(
-    seq: nn.Sequential, *, allow_constant: bool = False, where: str = "", fold_gates: bool = True
+    seq: nn.Sequential,
+    *,
+    allow_constant: bool = False,
+    where: str = "",
+    fold_gates: bool = True,
+    round_to: int = 1,
 ) -> nn.Module | Tensor:
     """Cut the channels behind the zero gates of ``seq`` and fold the others; gates become ``nn.Identity``.
 
@@ -369,7 +398,9 @@ def prune_sequential(
     the constant (one value per output channel) that the sequence then outputs for every input.
     Without ``allow_constant`` such a layer keeps one channel, zeroed by its gate (exact, minimal).
     With ``fold_gates=False`` the gates stay, cut to their surviving entries, and no weight is scaled.
+    With ``round_to`` > 1 each cut layer keeps a multiple of ``round_to`` channels where it has that many.
     """
+    check_round_to(round_to)
     where = where or "nn.Sequential"
     layers = list(seq)
     for i, gate in enumerate(layers):
@@ -388,6 +419,8 @@ def prune_sequential(
             # the narrowest layer left: one structure (a channel, or a whole group), zeroed by its gate
             keep = torch.zeros_like(keep)
             keep[: keep.numel() // gate.num_structures] = True
+        if round_to > 1:
+            keep = _round_up(keep, gate.num_structures, round_to)
         if not keep.all():
             _cut_producers(layers, i, keep, here)
         if fold_gates:
@@ -406,51 +439,66 @@ def prune_sequential(
 # --------------------------------------------------------------------------------------------------
 
 
-def _prune_residual(block: GatedResidual, where: str, fold: bool) -> GatedResidual:
+@dataclass(frozen=True)
+class _Options:
+    """How a walk cuts: fold the surviving gates (or keep them), and the channel multiple to round up to."""
+
+    fold: bool = True
+    round_to: int = 1
+
+    def sequential(self) -> dict[str, object]:
+        return {"fold_gates": self.fold, "round_to": self.round_to}
+
+
+def _prune_residual(block: GatedResidual, where: str, opts: _Options) -> GatedResidual:
     factor = block.gate.scale.detach() if isinstance(block.gate, Gate) else None
-    shortcut = _prune_module(block.shortcut, f"{where}.shortcut", fold)
+    shortcut = _prune_module(block.shortcut, f"{where}.shortcut", opts)
     if block.branch is None or (factor is not None and not factor.any()):  # removed now, or by an earlier cut
         return GatedResidual(None, shortcut=shortcut, post_act=block.post_act, branch_bias=block.branch_bias)
     if not isinstance(block.branch, nn.Sequential):
         raise SurgeryError(f"{where}: GatedResidual.branch must be an nn.Sequential, got {type(block.branch).__name__}")
-    branch = _prune_non_gates(block.branch, f"{where}.branch", fold)
+    branch = _prune_non_gates(block.branch, f"{where}.branch", opts)
     # slicing keeps an emptied branch as one zero-gated structure: a constant has no weights to slice
-    result = prune_sequential(branch, allow_constant=fold, where=f"{where}.branch", fold_gates=fold)
+    result = prune_sequential(branch, allow_constant=opts.fold, where=f"{where}.branch", **opts.sequential())
     bias = block.branch_bias
     if isinstance(result, Tensor):
         const = result if factor is None else result * factor
         bias = const if bias is None else bias + const
         return GatedResidual(None, shortcut=shortcut, post_act=block.post_act, branch_bias=bias)
-    if factor is not None and fold:
+    if factor is not None and opts.fold:
         last = next((m for m in reversed(result) if not isinstance(m, nn.Identity)), None)
         _scale_outputs(last, factor, f"{where}.branch")
-    gate = None if fold else block.gate
+    gate = None if opts.fold else block.gate
     return GatedResidual(result, shortcut=shortcut, gate=gate, post_act=block.post_act, branch_bias=bias)
 
 
-def _prune_children(module: nn.Module, where: str, fold: bool) -> nn.Module:
+def _prune_children(module: nn.Module, where: str, opts: _Options) -> nn.Module:
     for name, child in module.named_children():
-        setattr(module, name, _prune_module(child, f"{where}.{name}" if where else name, fold))
+        setattr(module, name, _prune_module(child, f"{where}.{name}" if where else name, opts))
     return module
 
 
-def _call_sss_prune(module: nn.Module, where: str, fold: bool) -> nn.Module:
-    if fold:
-        return module.sss_prune()
-    if "fold_gates" not in inspect.signature(module.sss_prune).parameters:
-        raise SurgeryError(
-            f"{where or 'model'}: {type(module).__name__}.sss_prune() takes no fold_gates argument, so it cannot "
-            "be cut while keeping its gates (in-training shrink needs that); add a `fold_gates: bool = True` "
-            "keyword and pass it to prune_sequential"
-        )
-    return module.sss_prune(fold_gates=False)
+def _call_sss_prune(module: nn.Module, where: str, opts: _Options) -> nn.Module:
+    """A plug-in gets only the options that differ from the defaults, so one written before them still works."""
+    kwargs = {k: v for k, v in opts.sequential().items() if v != _Options().sequential()[k]}
+    accepted = inspect.signature(module.sss_prune).parameters
+    for key, keyword, why in (
+        ("fold_gates", "fold_gates: bool = True", "be cut while keeping its gates (in-training shrink needs that)"),
+        ("round_to", "round_to: int = 1", "round its channel counts"),
+    ):
+        if key in kwargs and key not in accepted:
+            raise SurgeryError(
+                f"{where or 'model'}: {type(module).__name__}.sss_prune() takes no {key} argument, so it cannot "
+                f"{why}; add a `{keyword}` keyword and pass it to prune_sequential"
+            )
+    return module.sss_prune(**kwargs)
 
 
-def _prune_module(module: nn.Module, where: str, fold: bool) -> nn.Module:
+def _prune_module(module: nn.Module, where: str, opts: _Options) -> nn.Module:
     if hasattr(module, "sss_prune"):
-        return _call_sss_prune(module, where, fold)
+        return _call_sss_prune(module, where, opts)
     if isinstance(module, GatedResidual):
-        return _prune_residual(module, where or "model", fold)
+        return _prune_residual(module, where or "model", opts)
     if isinstance(module, Gate):
         raise SurgeryError(
             f"the {type(module).__name__} at {where or 'model'} is not inside an nn.Sequential or GatedResidual, "
@@ -458,26 +506,29 @@ def _prune_module(module: nn.Module, where: str, fold: bool) -> nn.Module:
             "sss_prune() method"
         )
     if isinstance(module, nn.Sequential) and any(isinstance(m, Gate) for m in module):
-        return prune_sequential(_prune_non_gates(module, where, fold), where=where or "model", fold_gates=fold)
-    return _prune_children(module, where, fold)
+        return prune_sequential(_prune_non_gates(module, where, opts), where=where or "model", **opts.sequential())
+    return _prune_children(module, where, opts)
 
 
-def _prune_non_gates(seq: nn.Sequential, where: str, fold: bool) -> nn.Sequential:
+def _prune_non_gates(seq: nn.Sequential, where: str, opts: _Options) -> nn.Sequential:
     """``seq`` with its non-gate members pruned (nested blocks); its own gates are left for the caller."""
     return nn.Sequential(
-        *[m if isinstance(m, Gate) else _prune_module(m, f"{where}.{i}", fold) for i, m in enumerate(seq)]
+        *[m if isinstance(m, Gate) else _prune_module(m, f"{where}.{i}", opts) for i, m in enumerate(seq)]
     )
 
 
-def prune(model: nn.Module, *, fold_gates: bool = True) -> nn.Module:
+def prune(model: nn.Module, *, fold_gates: bool = True, round_to: int = 1) -> nn.Module:
     """Return a new, physically smaller copy of ``model`` without its zero-gated structures.
 
     The input is never modified. Non-zero gates are folded into adjacent weights, so the result has no
     gate modules; its eval-mode outputs equal the gated model's up to float rounding. With
     ``fold_gates=False`` the surviving gates stay (sliced) and every parameter of the result is a slice of
-    ``model``'s parameter of the same name; outputs are equal in train mode too.
+    ``model``'s parameter of the same name; outputs are equal in train mode too. With ``round_to`` > 1
+    every cut layer keeps a multiple of ``round_to`` channels (zero-gated ones fill up; outputs stay
+    exact), which runtimes with blocked memory layouts run faster.
     """
-    pruned = _prune_module(copy.deepcopy(model), "", fold_gates)
+    opts = _Options(fold=fold_gates, round_to=check_round_to(round_to))
+    pruned = _prune_module(copy.deepcopy(model), "", opts)
     left = [info.name for info in iter_gates(pruned)]
     if left and fold_gates:
         raise SurgeryError(f"gates left after surgery at {left}; their owners' sss_prune() must remove them")

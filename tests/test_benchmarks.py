@@ -7,7 +7,7 @@ import pytest
 from benchmarks import latency
 
 
-def test_latency_script_writes_table_and_json(tmp_path):
+def test_latency_script_times_unpruned_and_rounded_pruned_models_in_both_runtimes(tmp_path):
     rows = latency.main(
         [
             "--arch",
@@ -16,16 +16,23 @@ def test_latency_script_writes_table_and_json(tmp_path):
             "[3, 8, 8]",
             "--batch_sizes",
             "[1, 2]",
+            "--round_to",
+            "[1, 8]",
+            "--rounds",
+            "1",
             "--min_run_time",
             "0.01",
             "--out",
             str(tmp_path / "lat"),
         ]
     )
-    assert [r["batch"] for r in rows] == [1, 2]
+    assert [(r["runtime"], r["batch"], r["round_to"]) for r in rows] == [
+        (runtime, batch, multiple) for runtime in latency.RUNTIMES for batch in (1, 2) for multiple in (1, 8)
+    ]
     result = json.loads((tmp_path / "lat.json").read_text())
-    assert result["macs_after"] < result["macs_before"]
-    assert "| batch | gated ms |" in (tmp_path / "lat.md").read_text()
+    macs = result["macs"]
+    assert macs["round_to=1"] <= macs["round_to=8"] < macs["unpruned"]
+    assert "| runtime | batch | round_to | unpruned ms |" in (tmp_path / "lat.md").read_text()
 
 
 def test_cost_script_measures_ratios_and_scaling(tmp_path):

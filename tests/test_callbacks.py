@@ -72,7 +72,11 @@ def test_no_zero_gate_is_reported_not_claimed_as_pruning(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"filename": "a/b.pt"}, "plain file name"), ({"input_size": [3, 8]}, r"\(C, H, W\)")],
+    [
+        ({"filename": "a/b.pt"}, "plain file name"),
+        ({"input_size": [3, 8]}, r"\(C, H, W\)"),
+        ({"round_to": 0}, "round_to must be a positive int"),
+    ],
 )
 def test_structural_surgery_arguments_are_validated(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -218,7 +222,10 @@ def test_snapshot_at_given_epochs_only(tmp_path):
     assert [row["epoch"] for row in snapshot.rows] == [2]
 
 
-@pytest.mark.parametrize("kwargs, message", [({"every_n_epochs": 0}, "every_n_epochs"), ({"epochs": [0]}, "epochs")])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"every_n_epochs": 0}, "every_n_epochs"), ({"epochs": [0]}, "epochs"), ({"round_to": -1}, "round_to")],
+)
 def test_snapshot_arguments_are_validated(kwargs, message):
     with pytest.raises(ValueError, match=message):
         PruningSnapshot(**kwargs)

@@ -168,6 +168,23 @@ def test_prune_command_turns_a_checkpoint_into_a_reloadable_pruned_model(tmp_pat
     assert model(torch.randn(2, 3, 8, 8)).shape == (2, 4)
 
 
+def test_prune_command_rounds_channel_counts_and_refuses_a_bad_round_to(tmp_path, capsys):
+    import torch
+
+    from sss_lightning import load_pruned, prune
+    from sss_lightning.module import load_sss_checkpoint
+
+    def widths(model):
+        return [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+
+    ckpt = _train_checkpoint(tmp_path)
+    main(["prune", "--ckpt", str(ckpt), "--out", str(tmp_path / "p.pt"), "--round_to", "3"])
+    assert widths(load_pruned(tmp_path / "p.pt")) == widths(prune(load_sss_checkpoint(ckpt)[0].net, round_to=3))
+    with pytest.raises(SystemExit):
+        main(["prune", "--ckpt", str(ckpt), "--round_to", "0"])
+    assert "round_to must be a positive int" in capsys.readouterr().err
+
+
 def test_prune_command_refuses_a_foreign_checkpoint(tmp_path, capsys):
     import torch
 

@@ -294,3 +294,59 @@ def test_surgery_leaves_the_global_rng_alone():
     state = torch.get_rng_state()
     prune(model)
     assert torch.equal(state, torch.get_rng_state())
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    round_to=st.sampled_from([2, 3, 4, 8]),
+    p_zero=st.floats(0.1, 0.9),
+    fold=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_round_to_keeps_the_fewest_channels_that_are_a_multiple_and_stays_exact(round_to, p_zero, fold, seed):
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = CifarResNet(depth=14, width=8, num_classes=5, gates="channel")
+    randomize_bn(model, gen)
+    set_gates(model, "random", gen, p_zero)
+    pruned = prune(model, round_to=round_to, fold_gates=fold)
+    x = torch.randn(3, 3, 9, 9, generator=gen)
+    if fold:
+        assert_same_outputs(model, pruned, x)
+    else:
+        model.train(), pruned.train()
+        torch.testing.assert_close(pruned(x), model(x), rtol=1e-4, atol=1e-4)
+    for name, block in model.named_modules():
+        if not isinstance(block, GatedResidual):
+            continue
+        gate, kept = block.branch[3], pruned.get_submodule(name).branch
+        alive, full = int(gate.alive().sum()), gate.num_structures
+        if kept is None:  # every channel zero: the branch became its constant
+            assert fold and alive == 0
+            continue
+        want = min(full, -(-max(alive, 1) // round_to) * round_to)  # unfolded: one zero channel stands in
+        assert kept[0].out_channels == kept[4].in_channels == want
+
+
+def test_round_to_rounds_group_gates_by_whole_groups():
+    model = resnext_block()  # 4 groups of 3 channels
+    randomize_bn(model, torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        model.branch[6].scale.copy_(torch.tensor([0.0, 0.5, 0.0, 2.0]))
+    assert prune(model, round_to=2).branch[3].out_channels == 6  # 2 groups: already a multiple
+    rounded = prune(model, round_to=4)  # 2 groups = 6 channels; the next multiple of 4 needs all 4 groups
+    assert rounded.branch[3].out_channels == 12
+    assert_same_outputs(model, rounded, torch.randn(2, 8, 6, 6))
+
+
+@pytest.mark.parametrize("bad", [0, -8, 2.5, True])
+def test_round_to_must_be_a_positive_int(bad):
+    with pytest.raises(ValueError, match="round_to must be a positive int"):
+        prune(CifarResNet(depth=8, width=4), round_to=bad)
+
+
+def test_plugins_without_round_to_are_told_how_to_support_it():
+    model = nn.Sequential(OwnSurgery())
+    prune(model)  # the default needs nothing new from a plug-in
+    with pytest.raises(SurgeryError, match=r"OwnSurgery.sss_prune\(\) takes no round_to .*`round_to: int = 1`"):
+        prune(model, round_to=8)

@@ -20,9 +20,9 @@ import lightning as L
 import torch
 from jsonargparse import ArgumentParser
 
+from benchmarks.common import add_run_arguments, check_run_arguments, datamodule, quiet_trainer
 from benchmarks.report import write_report
 from sss_lightning.callbacks import InTrainingShrink, MacsBudget
-from sss_lightning.data import FashionMNISTDataModule, SyntheticDataModule
 from sss_lightning.flops import count_flops
 from sss_lightning.module import SSSClassifier
 from sss_lightning.optim import APG
@@ -37,32 +37,18 @@ RUNS = (
 
 def run_one(name: str, cost_weighted: bool, shrink: bool, args) -> dict:
     L.seed_everything(args.seed)
-    if args.dataset == "fashion_mnist":
-        data = FashionMNISTDataModule(data_dir=args.data_dir, batch_size=128, num_workers=1, download=True)
-        size = [1, 28, 28]
-    else:
-        data = SyntheticDataModule(num_classes=10, in_channels=1, image_size=16, train_size=2048, batch_size=64)
-        size = [1, 16, 16]
+    data, size = datamodule(args.dataset, args.data_dir)
     module = SSSClassifier(
         arch=args.arch,
         num_classes=10,
-        in_channels=1,
+        in_channels=size[0],
         gates="both",
         gamma=args.gamma,
         cost_weighted=cost_weighted,
         input_size=size,
     )
     budget = MacsBudget(args.target, by_epoch=args.by_epoch, every_n_steps=args.every_n_steps)
-    trainer = L.Trainer(
-        max_epochs=args.epochs,
-        limit_train_batches=args.batches_per_epoch,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[budget, *([InTrainingShrink()] if shrink else [])],
-        default_root_dir=args.out_dir,
-    )
+    trainer = quiet_trainer(args, [budget, *([InTrainingShrink()] if shrink else [])])
     start = time.perf_counter()
     trainer.fit(module, datamodule=data)
     seconds = time.perf_counter() - start
@@ -81,6 +67,7 @@ def run_one(name: str, cost_weighted: bool, shrink: bool, args) -> dict:
         "landed_vs_target": pruned / budget.result["target_macs"] - 1,
         "controller_vs_target": budget.result["macs_reached"] / budget.result["target_macs"] - 1,
         "budget_curve": [(h["step"], h["macs"] / full, h["gamma"]) for h in budget.history],
+        "input_size": size,
         "net": net,  # for the interleaved step timing; dropped before the JSON is written
     }
 
@@ -112,12 +99,8 @@ def interleaved_step_ms(nets: dict[str, torch.nn.Module], size: list[int], batch
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = ArgumentParser(description=__doc__.splitlines()[0], default_env=False)
-    parser.add_argument("--arch", type=str, default="resnet20")
-    parser.add_argument("--dataset", type=str, default="fashion_mnist", help="fashion_mnist or synthetic")
-    parser.add_argument("--data_dir", type=str, default="data")
-    parser.add_argument("--epochs", type=int, default=4)
+    add_run_arguments(parser, batches_per_epoch=120)
     parser.add_argument("--by_epoch", type=int, default=2)
-    parser.add_argument("--batches_per_epoch", type=int, default=120)
     parser.add_argument("--target", type=float, default=0.5, help="MACs budget, a fraction of the full network's")
     parser.add_argument("--gamma", type=float, default=0.03, help="the controller's starting gamma")
     parser.add_argument("--every_n_steps", type=int, default=10)
@@ -127,9 +110,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     if args.by_epoch >= args.epochs:
         parser.error("--by_epoch must be smaller than --epochs: shrink speeds up the epochs after it")
-    args.out_dir = str(Path(args.out).parent / "runs")
+    check_run_arguments(parser, args)
     rows = [run_one(name, cw, shrink, args) for name, cw, shrink in RUNS]
-    size = [1, 28, 28] if args.dataset == "fashion_mnist" else [1, 16, 16]
+    size = rows[0]["input_size"]
     nets = {r["run"]: r.pop("net") for r in rows}
     step_ms = interleaved_step_ms(nets, size, batch=128, steps=args.timing_steps)
     for r in rows:

@@ -16,9 +16,9 @@ from pathlib import Path
 import lightning as L
 from jsonargparse import ArgumentParser
 
+from benchmarks.common import add_run_arguments, check_run_arguments, datamodule, quiet_trainer
 from benchmarks.report import write_report
 from sss_lightning.callbacks import GateMonitor
-from sss_lightning.data import FashionMNISTDataModule, SyntheticDataModule
 from sss_lightning.flops import count_flops
 from sss_lightning.module import SSSClassifier
 from sss_lightning.surgery import prune
@@ -28,32 +28,18 @@ MODES = ("apg", "ista", "sgd")
 
 def run_one(mode: str, args) -> dict:
     L.seed_everything(args.seed)
-    if args.dataset == "fashion_mnist":
-        data = FashionMNISTDataModule(data_dir=args.data_dir, batch_size=128, num_workers=1, download=True)
-        size, classes, channels = [1, 28, 28], 10, 1
-    else:
-        data = SyntheticDataModule(num_classes=10, in_channels=1, image_size=16, train_size=2048, batch_size=64)
-        size, classes, channels = [1, 16, 16], 10, 1
+    data, size = datamodule(args.dataset, args.data_dir)
     module = SSSClassifier(
         arch=args.arch,
-        num_classes=classes,
-        in_channels=channels,
+        num_classes=10,
+        in_channels=size[0],
         gates="both",
         gamma=args.gamma,
         gate_mode=mode,
         input_size=size,
     )
     monitor = GateMonitor(log_every_n_steps=max(1, args.batches_per_epoch // 4), plots=False)
-    trainer = L.Trainer(
-        max_epochs=args.epochs,
-        limit_train_batches=args.batches_per_epoch,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[monitor],
-        default_root_dir=args.out_dir,
-    )
+    trainer = quiet_trainer(args, [monitor])
     trainer.fit(module, datamodule=data)
     full = count_flops(module.net, size).macs
     pruned = count_flops(prune(module.net), size).macs
@@ -69,16 +55,12 @@ def run_one(mode: str, args) -> dict:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = ArgumentParser(description=__doc__.splitlines()[0], default_env=False)
-    parser.add_argument("--arch", type=str, default="resnet20")
-    parser.add_argument("--dataset", type=str, default="fashion_mnist", help="fashion_mnist or synthetic")
-    parser.add_argument("--data_dir", type=str, default="data")
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--batches_per_epoch", type=int, default=60)
+    add_run_arguments(parser, batches_per_epoch=60)
     parser.add_argument("--gamma", type=float, default=0.03)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=str, default="benchmarks/results/optimizers")
     args = parser.parse_args(argv)
-    args.out_dir = str(Path(args.out).parent / "runs")
+    check_run_arguments(parser, args)
     rows = [run_one(mode, args) for mode in MODES]
 
     lines = [

@@ -25,15 +25,14 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 from jsonargparse import ArgumentParser
 
+from benchmarks.common import add_run_arguments, check_run_arguments, datamodule, quiet_trainer
 from benchmarks.report import write_report
 from sss_lightning.baselines import NetworkSlimming
 from sss_lightning.callbacks import InTrainingShrink, MacsBudget, MagnitudePruning, StructuralSurgery
-from sss_lightning.data import CIFAR10DataModule, FashionMNISTDataModule, SyntheticDataModule
 from sss_lightning.flops import count_flops
 from sss_lightning.module import SSSClassifier
 
@@ -53,19 +52,9 @@ def configs(args) -> list[tuple[str, float | None]]:
     return [(method, knob) for method, knob in every if method in args.methods]
 
 
-def _data(args) -> tuple[Any, list[int]]:
-    if args.dataset == "fashion_mnist":
-        data = FashionMNISTDataModule(data_dir=args.data_dir, batch_size=128, num_workers=1, download=True)
-        return data, [1, 28, 28]
-    if args.dataset == "cifar10":  # the GPU configuration (torchvision downloads CIFAR-10 on first use)
-        return CIFAR10DataModule(data_dir=args.data_dir, download=True, batch_size=128, num_workers=4), [3, 32, 32]
-    data = SyntheticDataModule(num_classes=10, in_channels=1, image_size=16, train_size=1024, batch_size=64)
-    return data, [1, 16, 16]
-
-
 def run_one(method: str, knob: float | None, seed: int, args) -> dict:
     L.seed_everything(seed)
-    data, size = _data(args)
+    data, size = datamodule(args.dataset, args.data_dir, synthetic_train_size=1024)
     common = {"arch": args.arch, "num_classes": 10, "in_channels": size[0], "lr": args.lr, "input_size": size}
     callbacks: list[L.Callback] = []
     surgery = StructuralSurgery(dirpath=args.out_dir, filename=f"{method}-{knob}-{seed}.pt")
@@ -94,18 +83,7 @@ def run_one(method: str, knob: float | None, seed: int, args) -> dict:
                 filename=f"{method}-{knob}-{seed}.pt",
             )
         )
-    trainer = L.Trainer(
-        max_epochs=args.epochs,
-        limit_train_batches=args.batches_per_epoch,
-        check_val_every_n_epoch=args.epochs,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-        default_root_dir=args.out_dir,
-    )
+    trainer = quiet_trainer(args, callbacks, check_val_every_n_epoch=args.epochs, num_sanity_val_steps=0)
     start = time.perf_counter()
     trainer.fit(module, datamodule=data)
     seconds = time.perf_counter() - start
@@ -257,12 +235,8 @@ def plot(rows: list[dict], args, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = ArgumentParser(description=__doc__.splitlines()[0], default_env=False)
-    parser.add_argument("--arch", type=str, default="resnet20")
-    parser.add_argument("--dataset", type=str, default="fashion_mnist", help="fashion_mnist, cifar10 or synthetic")
-    parser.add_argument("--data_dir", type=str, default="data")
-    parser.add_argument("--epochs", type=int, default=4)
+    add_run_arguments(parser, batches_per_epoch=120)
     parser.add_argument("--finetune_epochs", type=int, default=1)
-    parser.add_argument("--batches_per_epoch", type=int, default=120)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--seeds", type=list[int], default=[0, 1])
     parser.add_argument("--methods", type=list[str], default=list(METHODS), help=f"a subset of {METHODS}")
@@ -282,7 +256,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.out = f"benchmarks/results/pareto_{args.arch}{suffix}"
     if not 0 < args.finetune_epochs < args.epochs:
         parser.error("--finetune_epochs must be at least 1 and less than --epochs")
-    args.out_dir = str(Path(args.out).parent / "runs")
+    check_run_arguments(parser, args)
     log = Path(f"{args.out}.runs.jsonl")
     log.parent.mkdir(parents=True, exist_ok=True)
     runs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []

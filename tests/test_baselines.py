@@ -7,8 +7,8 @@ import torch
 from sss_lightning import build_model, count_flops, load_pruned
 from sss_lightning.baselines import NetworkSlimming, channel_scores, gated_producers, select_channels
 from sss_lightning.callbacks import MagnitudePruning
-from sss_lightning.data import SyntheticDataModule
 from sss_lightning.gates import gate_parameters, iter_gates
+from tests.helpers import quiet_trainer, tiny_data
 
 
 def net():
@@ -85,17 +85,9 @@ def test_network_slimming_puts_the_bn_scales_under_l1_and_keeps_gates_out_of_the
 
 
 def fit(module, callbacks, root, epochs=3):
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=root,
-        callbacks=callbacks,
-    )
+    trainer = quiet_trainer(root, callbacks, max_epochs=epochs)
     L.seed_everything(0)
-    trainer.fit(module, datamodule=SyntheticDataModule(num_classes=4, image_size=8, train_size=128, batch_size=16))
+    trainer.fit(module, datamodule=tiny_data(train_size=128))
     return trainer
 
 

@@ -9,8 +9,8 @@ from lightning.pytorch.loggers import CSVLogger
 
 from sss_lightning import SSSClassifier, count_flops, prune
 from sss_lightning.callbacks import InTrainingShrink, MacsBudget
-from sss_lightning.data import SyntheticDataModule
 from sss_lightning.gates import gate_parameters
+from tests.helpers import quiet_trainer, tiny_data
 
 SIZE = [3, 8, 8]
 
@@ -23,18 +23,11 @@ def make(gamma: float = 0.05) -> SSSClassifier:
 
 
 def fit(module, root, callbacks, max_epochs=4, train_size=512):
-    trainer = L.Trainer(
-        max_epochs=max_epochs,
-        logger=CSVLogger(root, name="", version=""),
-        log_every_n_steps=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=root,
-        callbacks=callbacks,
+    trainer = quiet_trainer(
+        root, callbacks, max_epochs=max_epochs, logger=CSVLogger(root, name="", version=""), log_every_n_steps=1
     )
     L.seed_everything(0)
-    data = SyntheticDataModule(num_classes=4, image_size=8, train_size=train_size, batch_size=16)
+    data = tiny_data(train_size=train_size)
     trainer.fit(module, datamodule=data)
     return trainer
 

@@ -11,6 +11,7 @@ from sss_lightning.callbacks import FitSummary, FreezeGates, GateMonitor, Prunin
 from sss_lightning.data import SyntheticDataModule
 from sss_lightning.gates import iter_gates
 from tests.conftest import read_offline_wandb_history
+from tests.helpers import quiet_trainer, tiny_data
 
 
 def tiny_classifier(**kwargs) -> SSSClassifier:
@@ -20,16 +21,8 @@ def tiny_classifier(**kwargs) -> SSSClassifier:
 
 
 def run(module, tmp_path, callbacks, steps=20):
-    trainer = L.Trainer(
-        max_steps=steps,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=callbacks,
-        enable_checkpointing=False,
-    )
-    data = SyntheticDataModule(num_classes=4, image_size=8, train_size=64, val_size=32, batch_size=16)
+    trainer = quiet_trainer(tmp_path, callbacks, max_steps=steps)
+    data = tiny_data(val_size=32)
     trainer.fit(module, datamodule=data)
     return trainer, data
 
@@ -103,16 +96,7 @@ def test_gate_monitor_metrics_and_histograms_land_in_an_offline_wandb_run(tmp_pa
     monkeypatch.delenv("WANDB_API_KEY", raising=False)  # no key, no network: must neither prompt nor hang
     logger = WandbLogger(project="sss-test", save_dir=str(tmp_path), offline=True)
     monitor = GateMonitor(log_every_n_steps=2)
-    trainer = L.Trainer(
-        max_epochs=2,
-        logger=logger,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=[monitor],
-        enable_checkpointing=False,
-        log_every_n_steps=1,
-    )
+    trainer = quiet_trainer(tmp_path, [monitor], max_epochs=2, logger=logger, log_every_n_steps=1)
     trainer.fit(
         tiny_classifier(gamma=0.5),
         datamodule=SyntheticDataModule(num_classes=4, image_size=8, train_size=64, val_size=16, batch_size=16),
@@ -251,16 +235,8 @@ def test_finetune_runs_the_last_epochs_on_the_pruned_net_with_a_fresh_optimizer(
 
     module = tiny_classifier(gamma=0.5)
     surgery = StructuralSurgery(finetune_epochs=1, finetune_lr=0.01)
-    trainer = L.Trainer(
-        max_epochs=3,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        enable_checkpointing=False,
-        callbacks=[AroundSurgery("gated"), surgery, AroundSurgery("pruned")],
-    )
-    trainer.fit(module, datamodule=SyntheticDataModule(num_classes=4, image_size=8, train_size=64, batch_size=16))
+    trainer = quiet_trainer(tmp_path, [AroundSurgery("gated"), surgery, AroundSurgery("pruned")], max_epochs=3)
+    trainer.fit(module, datamodule=tiny_data())
     x = torch.randn(4, 3, 8, 8)
     torch.testing.assert_close(seen["pruned"](x), seen["gated"](x), rtol=1e-4, atol=1e-5)  # continuous at the swap
     assert not list(iter_gates(module.net))
@@ -294,16 +270,8 @@ class ZeroSomeGates(L.Callback):
 def test_checkpoint_after_surgery_reloads_into_the_smaller_architecture(tmp_path):
     module = tiny_classifier(gamma=0.5)
     gated_params = sum(p.numel() for p in module.parameters())
-    trainer = L.Trainer(
-        max_epochs=2,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        enable_checkpointing=False,
-        callbacks=[ZeroSomeGates(), StructuralSurgery(finetune_epochs=1)],
-    )
-    trainer.fit(module, datamodule=SyntheticDataModule(num_classes=4, image_size=8, train_size=64, batch_size=16))
+    trainer = quiet_trainer(tmp_path, [ZeroSomeGates(), StructuralSurgery(finetune_epochs=1)], max_epochs=2)
+    trainer.fit(module, datamodule=tiny_data())
     trainer.save_checkpoint(tmp_path / "after.ckpt")
     x = torch.randn(2, 3, 8, 8)
     torch.save({"x": x, "y": module.eval()(x).detach()}, tmp_path / "io.pt")
@@ -347,14 +315,7 @@ def test_resumed_run_continues_snapshot_schedule_and_monitor_curves(tmp_path):
 
     def trainer_for(epochs, monitor, snapshot):
         ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, enable_version_counter=False)
-        return L.Trainer(
-            max_epochs=epochs,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=tmp_path,
-            callbacks=[monitor, snapshot, ckpt],
-        )
+        return quiet_trainer(tmp_path, [monitor, snapshot, ckpt], max_epochs=epochs, enable_checkpointing=True)
 
     first_monitor, first_snapshot = GateMonitor(log_every_n_steps=2, plots=False), PruningSnapshot()
     trainer_for(2, first_monitor, first_snapshot).fit(tiny_classifier(gamma=0.5), datamodule=data)

@@ -5,6 +5,7 @@ import pytest
 
 from sss_lightning.cli import main
 from tests.conftest import REPO
+from tests.helpers import quiet_trainer, tiny_data
 
 EXPERIMENTS = REPO / "experiments"
 
@@ -131,18 +132,14 @@ def test_python_dash_m_entry_point():
 
 
 def _train_checkpoint(tmp_path):
-    import lightning as L
 
     from sss_lightning import SSSClassifier
-    from sss_lightning.data import SyntheticDataModule
 
     module = SSSClassifier(
         arch="resnet20", num_classes=4, gates="both", arch_kwargs={"width": 4}, gamma=0.5, schedule="constant"
     )
-    trainer = L.Trainer(
-        max_steps=20, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path
-    )
-    trainer.fit(module, datamodule=SyntheticDataModule(num_classes=4, image_size=8, train_size=64, batch_size=16))
+    trainer = quiet_trainer(tmp_path, max_steps=20)
+    trainer.fit(module, datamodule=tiny_data())
     path = tmp_path / "last.ckpt"
     trainer.save_checkpoint(path)
     return path

@@ -11,6 +11,7 @@ from sss_lightning import SSSClassifier, load_pruned
 from sss_lightning.callbacks import GateMonitor, PruningSnapshot, StructuralSurgery
 from sss_lightning.data import SyntheticDataModule
 from sss_lightning.gates import gate_parameters
+from tests.helpers import quiet_trainer
 
 pytestmark = pytest.mark.slow
 
@@ -42,16 +43,12 @@ def test_ddp_ranks_agree_on_gates_and_pruned_architecture(tmp_path):
     )
     with torch.no_grad():
         module.net.layer1[0].gate.scale.zero_()  # a zero block gate from the start: no unused-parameter error
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
+        tmp_path,
         accelerator="cpu",
         devices=2,
         strategy="ddp_spawn",
         max_epochs=2,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        enable_checkpointing=False,
         callbacks=[
             GateMonitor(log_every_n_steps=2),
             PruningSnapshot(),
@@ -100,17 +97,13 @@ def test_ddp_in_training_shrink_trains_like_the_full_width_network(tmp_path):
         for p in gate_parameters(module.net):
             p.requires_grad_(False)  # a fixed structure: the shrunk run must follow the full one exactly
         out = tmp_path / f"{name}.pt"
-        trainer = L.Trainer(
+        trainer = quiet_trainer(
+            tmp_path / name,
+            [*callbacks, SaveNet(str(out))],
             accelerator="cpu",
             devices=2,
             strategy="ddp_spawn",
             max_epochs=3,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            enable_checkpointing=False,
-            default_root_dir=tmp_path / name,
-            callbacks=[*callbacks, SaveNet(str(out))],
         )
         L.seed_everything(0)
         trainer.fit(module, datamodule=SyntheticDataModule(num_classes=4, image_size=8, train_size=64, batch_size=8))

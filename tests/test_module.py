@@ -1,13 +1,12 @@
-import lightning as L
 import pytest
 import torch
 from torch import nn
 
 from sss_lightning import SSSClassifier, SSSModule
-from sss_lightning.data import SyntheticDataModule
 from sss_lightning.gates import ChannelGate, gate_parameters, iter_gates, sparsity
 from sss_lightning.models import CifarResNet
 from sss_lightning.optim import APG
+from tests.helpers import quiet_trainer, tiny_data
 
 
 def tiny_net(**kwargs):
@@ -15,16 +14,8 @@ def tiny_net(**kwargs):
 
 
 def fit(module, steps=30, **trainer_kwargs):
-    trainer = L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **trainer_kwargs,
-    )
-    data = SyntheticDataModule(num_classes=4, image_size=8, train_size=128, batch_size=16)
+    trainer = quiet_trainer(max_steps=steps, accelerator="cpu", **trainer_kwargs)
+    data = tiny_data(train_size=128)
     trainer.fit(module, datamodule=data)
     return trainer
 
@@ -138,10 +129,8 @@ def test_subclass_with_build_network_trains_and_infers_num_classes():
 
 def test_sss_classifier_rebuilds_from_checkpoint(tmp_path):
     module = SSSClassifier(arch="resnet20", num_classes=4, in_channels=3, gates="block", arch_kwargs={"width": 4})
-    trainer = L.Trainer(
-        max_steps=2, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path
-    )
-    trainer.fit(module, datamodule=SyntheticDataModule(num_classes=4, image_size=8, train_size=32, batch_size=16))
+    trainer = quiet_trainer(tmp_path, max_steps=2)
+    trainer.fit(module, datamodule=tiny_data(train_size=32))
     path = tmp_path / "m.ckpt"
     trainer.save_checkpoint(path)
     loaded = SSSClassifier.load_from_checkpoint(path)

@@ -8,6 +8,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from sss_lightning import SSSClassifier
 from sss_lightning.callbacks import FreezeGates, GateMonitor, PruningSnapshot
 from sss_lightning.data import SyntheticDataModule
+from tests.helpers import quiet_trainer
 
 pytestmark = pytest.mark.slow
 
@@ -37,14 +38,8 @@ class Kill(L.Callback):
 def fit(root, callbacks, ckpt_path=None, kill=None):
     """A 4-epoch run with an epoch-end last.ckpt; ``kill`` raises at that step, as a crash would."""
     ckpt = ModelCheckpoint(dirpath=root / "ckpt", save_last=True, enable_version_counter=False)
-    trainer = L.Trainer(
-        max_epochs=4,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=root,
-        callbacks=[*callbacks, ckpt] + ([Kill(kill)] if kill is not None else []),
-    )
+    kills = [Kill(kill)] if kill is not None else []
+    trainer = quiet_trainer(root, [*callbacks, ckpt, *kills], max_epochs=4, enable_checkpointing=True)
     module = make()
     L.seed_everything(0)
     try:

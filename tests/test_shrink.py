@@ -14,6 +14,7 @@ from sss_lightning.data import SyntheticDataModule
 from sss_lightning.gates import ChannelGate, gate_parameters, iter_gates, random_gate_pattern
 from sss_lightning.shrink import slice_sources
 from sss_lightning.surgery import SurgeryError, prune
+from tests.helpers import quiet_trainer
 
 SMALL = {
     "resnet20": {"width": 4, "gates": "both"},
@@ -128,16 +129,14 @@ def make(frozen: bool = True, gamma: float = 0.1) -> SSSClassifier:
 
 def fit(module, root, callbacks, max_epochs=3, ckpt_path=None, strategy="auto", devices=1):
     record = Record()
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
+        root,
+        [*callbacks, record, ModelCheckpoint(dirpath=root / "ckpt", save_last=True)],
         max_epochs=max_epochs,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=root,
         accelerator="cpu",
         devices=devices,
         strategy=strategy,
-        callbacks=[*callbacks, record, ModelCheckpoint(dirpath=root / "ckpt", save_last=True)],
+        enable_checkpointing=True,
     )
     L.seed_everything(0)
     trainer.fit(

@@ -57,13 +57,6 @@ class Gate(nn.Module):
         """Boolean mask of the structures whose gate is not exactly zero."""
         return self.scale.detach() != 0
 
-    def channel_factors(self, channels: int) -> Tensor:
-        """The gate as one factor per channel of a ``channels``-wide tensor (differentiable).
-
-        What surgery folds into the consumer layer, and what a fused forward multiplies into its weights.
-        """
-        raise NotImplementedError(f"{type(self).__name__} does not scale individual channels")
-
     def extra_repr(self) -> str:
         return f"{self.num_structures}"
 
@@ -85,6 +78,8 @@ class ChannelGate(Gate):
         return x * self.scale.view(1, -1, *([1] * (x.dim() - 2)))
 
     def channel_factors(self, channels: int) -> Tensor:
+        """One differentiable factor per channel: what surgery folds into the consumer layer, and what the
+        fused training forward multiplies into the consumer conv's weights."""
         if channels != self.num_structures:
             raise ValueError(f"ChannelGate({self.num_structures}) cannot scale {channels} channels")
         return self.scale
@@ -108,6 +103,7 @@ class GroupGate(Gate):
         return x * self.channel_factors(x.shape[1]).view(1, -1, *([1] * (x.dim() - 2)))
 
     def channel_factors(self, channels: int) -> Tensor:
+        """The group's factor repeated over its ``channels // groups`` contiguous channels."""
         if channels % self.num_structures:
             raise ValueError(f"GroupGate({self.num_structures}) needs a channel count divisible by it, got {channels}")
         return self.scale.repeat_interleave(channels // self.num_structures)

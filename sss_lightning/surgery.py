@@ -245,9 +245,12 @@ def _channel_scale(gate: Gate, channels: int | None) -> Tensor:
     """The gate as one factor per channel (a group gate repeats its factor over the group's channels)."""
     if not isinstance(gate, GroupGate):
         return gate.scale.detach()
-    if channels is None or channels % gate.num_structures:
-        raise SurgeryError(f"GroupGate({gate.num_structures}) needs a channel count divisible by it, got {channels}")
-    return gate.channel_factors(channels).detach()
+    if channels is None:
+        raise SurgeryError(f"GroupGate({gate.num_structures}): no conv/linear/BN before it tells its channel count")
+    try:
+        return gate.channel_factors(channels).detach()
+    except ValueError as err:  # the gate's own message: which count it got and what it needs
+        raise SurgeryError(str(err)) from None
 
 
 def _producer_channels(layers: list[nn.Module], i: int) -> int | None:

@@ -14,6 +14,7 @@ from typing_extensions import override
 
 from sss_lightning.flops import MacEstimator
 from sss_lightning.gates import GATE_KINDS, iter_gates, sparsity
+from sss_lightning.stability import ZeroSetTracker
 from sss_lightning.surgery import prune
 
 from .input_size import check_input_size, find_input_size
@@ -44,10 +45,17 @@ class GateMonitor(Callback):
     ``WandbLogger``) and, on rank zero, ``sparsity.png`` (curves) and ``gate_heatmap.png`` (one row per
     gated layer) in ``dirpath`` (default: ``<default_root_dir>/gate_plots``).
 
+    Selection stability (:class:`~sss_lightning.stability.ZeroSetTracker`, checked after every step):
+    ``gates/churn`` at each epoch end, the number of gate entries that switched between zero and non-zero
+    during the epoch, and at the end of fit ``gates/stable_zero_fraction``, the fraction of the final zero
+    gates that stayed zero over the last ``stable_window`` of the steps (also in :attr:`stability`, and
+    drawn in ``churn.png``).
+
     Args:
         log_every_n_steps: logging interval in optimizer steps.
         input_size: ``(C, H, W)`` for the MACs curve; default: the shape the module recorded.
         dirpath: folder of the PNG plots; ``plots=False`` writes none.
+        stable_window: the final fraction of the steps over which ``gates/stable_zero_fraction`` is taken.
     """
 
     def __init__(
@@ -56,9 +64,18 @@ class GateMonitor(Callback):
         input_size: list[int] | None = None,
         dirpath: str | None = None,
         plots: bool = True,
+        stable_window: float = 0.1,
     ) -> None:
         if isinstance(log_every_n_steps, bool) or not isinstance(log_every_n_steps, int) or log_every_n_steps < 1:
             raise ValueError(f"log_every_n_steps must be a positive int, got {log_every_n_steps!r}")
+        if isinstance(stable_window, bool) or not isinstance(stable_window, (int, float)) or not 0 < stable_window <= 1:
+            raise ValueError(
+                f"stable_window must be a fraction of the run in (0, 1], got {stable_window!r}; 0.1 means the last 10%"
+            )
+        self.stable_window = float(stable_window)
+        self.tracker = ZeroSetTracker()
+        self.churn: list[dict[str, float]] = []
+        self.stability: dict[str, float | None] = {}
         self.log_every_n_steps = log_every_n_steps
         self.input_size = check_input_size(input_size)
         self.dirpath = dirpath
@@ -94,11 +111,17 @@ class GateMonitor(Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
+        if step != self.tracker.step:
+            self.tracker.update(pl_module.net, step)
         if step % self.log_every_n_steps == 0 and (not self.history or self.history[-1]["step"] != step):
             self._record(trainer, pl_module)
 
     @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        churn = {"epoch": float(trainer.current_epoch), "gates/churn": float(self.tracker.take_flips())}
+        self.churn.append(churn)
+        for logger in trainer.loggers:
+            logger.log_metrics({"gates/churn": churn["gates/churn"]}, step=trainer.global_step)
         if not list(iter_gates(pl_module.net)):
             return  # already replaced by its pruned form (fine-tuning)
         if not self.history or self.history[-1]["step"] != trainer.global_step:
@@ -106,6 +129,19 @@ class GateMonitor(Callback):
         self._log_histograms(trainer, pl_module)
         if self.plots:
             self._write_plots(trainer, pl_module)
+
+    @override
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        total = trainer.global_step
+        since = total - max(1, round(self.stable_window * total))
+        self.stability = {
+            "stable_zero_fraction": self.tracker.stable_fraction(since),
+            "final_zeros": float(self.tracker.zeros()),
+            "window_start_step": float(since),
+        }
+        if self.stability["stable_zero_fraction"] is not None:
+            for logger in trainer.loggers:
+                logger.log_metrics({"gates/stable_zero_fraction": self.stability["stable_zero_fraction"]}, step=total)
 
     @rank_zero_only
     def _log_histograms(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -167,10 +203,24 @@ class GateMonitor(Callback):
         fig.savefig(out / "gate_heatmap.png", dpi=120)
         plt.close(fig)
 
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.bar([int(c["epoch"]) + 1 for c in self.churn], [c["gates/churn"] for c in self.churn])
+        ax.set(xlabel="epoch", ylabel="zero/non-zero switches", title="Selection churn per epoch")
+        ax.grid(alpha=0.3, axis="y")
+        fig.tight_layout()
+        fig.savefig(out / "churn.png", dpi=120)
+        plt.close(fig)
+
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"history": [dict(h) for h in self.history]}
+        return {
+            "history": [dict(h) for h in self.history],
+            "churn": [dict(c) for c in self.churn],
+            "tracker": self.tracker.state_dict(),
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [dict(h) for h in state_dict.get("history", [])]
+        self.churn = [dict(c) for c in state_dict.get("churn", [])]
+        self.tracker.load_state_dict(state_dict.get("tracker", {}))

@@ -22,6 +22,7 @@ from .gates import gate_parameters, has_gates, iter_gates, sparsity
 from .io import apply_spec, architecture_spec
 from .models.registry import build_model
 from .optim import APG, validate_hparams
+from .rescale import gate_pairs, rescale_gates
 from .shrink import carry_optimizer_state, carry_scheduler_state, rewrap_distributed, slice_sources
 
 __all__ = ["SSSModule", "SSSClassifier", "load_sss_checkpoint"]
@@ -53,6 +54,12 @@ class SSSModule(L.LightningModule):
         input_size: ``(C, H, W)`` of one input: needed by ``cost_weighted``, and recorded for FLOPs reports.
         freeze_gates: keep every gate at its initial 1.0, outside the optimizer: the network trains as the
             plain one does (the baselines' training phase, or an unpruned reference on the same code).
+        gate_rescale: after every step, divide each layer's channel/group gates by their largest value and
+            multiply the consuming conv/linear by it (:func:`~sss_lightning.rescale.rescale_gates`; the
+            function is unchanged), so the L1 threshold acts relative to the layer's largest gate.
+        zero_hold: pin a gate at 0 once it has been exactly 0 for this many consecutive steps (0: never).
+        gate_momentum_units: where the gates' APG velocity lives, ``"gradient"`` or ``"parameter"`` (the
+            official APGNAG); see :mod:`sss_lightning.optim`.
     """
 
     def __init__(
@@ -72,6 +79,9 @@ class SSSModule(L.LightningModule):
         cost_weighted: bool = False,
         input_size: Sequence[int] | None = None,
         freeze_gates: bool = False,
+        gate_rescale: bool = False,
+        zero_hold: int = 0,
+        gate_momentum_units: Literal["gradient", "parameter"] = "gradient",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
@@ -103,8 +113,12 @@ class SSSModule(L.LightningModule):
             weight_decay=0.0,
             mode=gate_mode,
             nonnegative=gate_nonnegative,
+            momentum_units=gate_momentum_units,
+            zero_hold=zero_hold,
             where=" (gates)",
         )
+        if not isinstance(gate_rescale, bool):
+            raise ValueError(f"gate_rescale must be a bool, got {gate_rescale!r}")
         if schedule not in ("cosine", "step", "constant"):
             raise ValueError(f"schedule must be 'cosine', 'step' or 'constant', got {schedule!r}")
         if schedule == "step" and (not milestones or list(milestones) != sorted(milestones)):
@@ -175,6 +189,9 @@ class SSSModule(L.LightningModule):
         """The optimizer step, then a check that no gate became non-finite, before any callback (checkpoint,
         snapshot, surgery) sees the new state."""
         super().optimizer_step(*args, **kwargs)
+        if self.hparams.get("gate_rescale"):
+            optimizer = self.trainer.optimizers[0] if self._trainer is not None else None
+            rescale_gates(gate_pairs(self.net)[0], getattr(optimizer, "optimizer", optimizer))
         scales = [p.detach().flatten() for p in gate_parameters(self.net)]
         if scales and not torch.isfinite(torch.cat(scales)).all():
             raise FloatingPointError(
@@ -329,6 +346,8 @@ class SSSModule(L.LightningModule):
         gate_group = {
             "weight_decay": 0.0,
             "mode": hp.gate_mode,
+            "momentum_units": hp.get("gate_momentum_units", "gradient"),
+            "zero_hold": hp.get("zero_hold", 0),
             "nonnegative": self.gate_nonnegative,
             "lr": hp.lr if hp.gate_lr is None else hp.gate_lr,
         }

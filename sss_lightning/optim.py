@@ -7,10 +7,22 @@ optimizer. The equations are those of the official ``APGNAG`` (see ``shared/SSS_
 
     v <- mu*v;  z <- soft(x - lr*g, lr*gamma);  v <- z - x + v;  x <- z + mu*v;  x <- max(0, x)
 
-The velocity ``v`` is kept in gradient units, ``momentum_buffer = -v / lr`` (the same state torch's
-SGD keeps): the iterates are identical to the official update at a constant learning rate, and when a
-schedule changes the learning rate the buffer behaves as torch/MXNet Nesterov momentum does for the
-weights, which is what makes the ``gamma=0`` group *exactly* torch SGD under any schedule.
+Where the velocity lives is a per-group choice, ``momentum_units``:
+
+* ``"gradient"`` (default): ``momentum_buffer = -v / lr``, the state torch's SGD keeps. The iterates equal
+  the official update at a constant learning rate; when a schedule changes the learning rate the buffer
+  behaves as torch/MXNet Nesterov momentum does for the weights, which is what makes the ``gamma=0``
+  group *exactly* torch SGD under any schedule.
+* ``"parameter"``: ``velocity = v``, exactly the official ``APGNAG`` equations under any schedule (a
+  velocity built at a large learning rate keeps its size as the rate decays).
+
+A proximal step lands exactly on its soft-threshold: an entry the threshold sets to 0 with no momentum
+behind it is 0, never a rounding residue.
+
+``zero_hold=K`` (per group, 0 = off) settles the selection: an entry that has been exactly zero after
+``K`` consecutive steps is pinned at zero from then on (its momentum dropped), so a structure the
+proximal step removed cannot flicker back when one minibatch's gradient exceeds ``gamma``. The
+counters live in the optimizer state and are checkpointed with it.
 """
 
 from __future__ import annotations
@@ -23,9 +35,10 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-__all__ = ["APG", "MODES", "soft_threshold", "validate_hparams"]
+__all__ = ["APG", "MODES", "MOMENTUM_UNITS", "soft_threshold", "validate_hparams"]
 
 MODES = ("apg", "ista", "sgd")
+MOMENTUM_UNITS = ("gradient", "parameter")
 
 
 def _finite_number(name: str, value: Any, *, where: str) -> float:
@@ -42,6 +55,8 @@ def validate_hparams(
     weight_decay: float,
     mode: str,
     nonnegative: bool,
+    momentum_units: str = "gradient",
+    zero_hold: int = 0,
     where: str = "",
 ) -> None:
     """Raise ``ValueError`` naming the bad value and the fix; shared by APG and SSSModule."""
@@ -63,6 +78,19 @@ def validate_hparams(
             f"APG{where}: nonnegative=True needs a proximal mode ('apg' or 'ista'); mode='sgd' is the "
             "L1-subgradient baseline with no projection step, so set nonnegative=False"
         )
+    if momentum_units not in MOMENTUM_UNITS:
+        raise ValueError(
+            f"APG{where}: momentum_units must be one of {MOMENTUM_UNITS}, got {momentum_units!r}; 'parameter' is "
+            "the official APGNAG's velocity, 'gradient' torch SGD's momentum buffer"
+        )
+    if isinstance(zero_hold, bool) or not isinstance(zero_hold, int) or zero_hold < 0:
+        raise ValueError(
+            f"APG{where}: zero_hold must be an int >= 0 (steps an entry stays at 0 before it is pinned; 0 = never "
+            f"pin), got {zero_hold!r}"
+        )
+
+
+_HPARAMS = ("lr", "momentum", "gamma", "weight_decay", "mode", "nonnegative", "momentum_units", "zero_hold")
 
 
 def soft_threshold(x: Tensor, threshold: float) -> Tensor:
@@ -83,6 +111,9 @@ class APG(Optimizer):
         weight_decay: L2 coefficient added to the gradient (``g + wd * x``), as in torch SGD.
         mode: ``"apg"``, ``"ista"`` or ``"sgd"``.
         nonnegative: project onto ``x >= 0`` after the step (the official code does this for gates).
+        momentum_units: ``"gradient"`` (torch's momentum buffer) or ``"parameter"`` (the official velocity);
+            see the module docstring.
+        zero_hold: pin an entry at 0 once it has been exactly 0 for this many consecutive steps (0: never).
     """
 
     def __init__(
@@ -94,9 +125,18 @@ class APG(Optimizer):
         weight_decay: float = 0.0,
         mode: str = "apg",
         nonnegative: bool = False,
+        momentum_units: str = "gradient",
+        zero_hold: int = 0,
     ) -> None:
         defaults = dict(
-            lr=lr, momentum=momentum, gamma=gamma, weight_decay=weight_decay, mode=mode, nonnegative=nonnegative
+            lr=lr,
+            momentum=momentum,
+            gamma=gamma,
+            weight_decay=weight_decay,
+            mode=mode,
+            nonnegative=nonnegative,
+            momentum_units=momentum_units,
+            zero_hold=zero_hold,
         )
         validate_hparams(**defaults)
         super().__init__(params, defaults)
@@ -105,7 +145,7 @@ class APG(Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         validate_hparams(
-            **{k: group[k] for k in ("lr", "momentum", "gamma", "weight_decay", "mode", "nonnegative")},
+            **{k: group[k] for k in _HPARAMS},
             where=f" (param group {len(self.param_groups) - 1})",
         )
 
@@ -125,35 +165,86 @@ class APG(Optimizer):
                 self._update(p, group)
         return loss
 
+    def threshold(self, group: dict[str, Any] | int = 0) -> float:
+        """How far one step of ``group`` (a param group or its index) moves an entry towards 0 through the
+        L1 term alone: ``lr * gamma`` for the proximal modes and for ``"sgd"`` (its subgradient step)."""
+        if isinstance(group, int):
+            group = self.param_groups[group]
+        return float(group["lr"] * group["gamma"])
+
+    def pinned(self, p: Tensor) -> Tensor | None:
+        """Boolean mask of ``p``'s entries that ``zero_hold`` has pinned at 0 (None before any step)."""
+        state = self.state.get(p)
+        if not state or "zero_steps" not in state:
+            return None
+        group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
+        return state["zero_steps"] >= group["zero_hold"]
+
     def _update(self, p: Tensor, group: dict[str, Any]) -> None:
         lr, mu, gamma = group["lr"], group["momentum"], group["gamma"]
-        mode, nonneg = group["mode"], group["nonnegative"]
+        mode, nonneg, hold = group["mode"], group["nonnegative"], group["zero_hold"]
+        pinned = None
+        if hold:
+            counter = self.state[p].get("zero_steps")
+            pinned = None if counter is None else counter >= hold
         d = p.grad
         if group["weight_decay"] != 0:
             d = d.add(p, alpha=group["weight_decay"])
 
         if mode == "ista":
             p.copy_(soft_threshold(p.add(d, alpha=-lr), lr * gamma))
+        elif mode == "apg" and group["momentum_units"] == "parameter":
+            self._apgnag_step(p, d, lr, mu, gamma)
+        elif mode == "apg" and gamma != 0:
+            # Proximal step; (x - z) / lr is the effective gradient of the momentum buffer. The parameter
+            # lands on z - lr * mu * buffer, exactly z without momentum (no (x - z) / lr * lr rounding).
+            z = soft_threshold(p.add(d, alpha=-lr), lr * gamma)
+            buf = self._buffer(p, (p - z).div_(lr), mu)
+            p.copy_(z if buf is None else z.add_(buf, alpha=-lr * mu))
         else:
             if mode == "sgd" and gamma != 0:
                 d = d.add(p.sign(), alpha=gamma)
-            elif mode == "apg" and gamma != 0:
-                # Proximal step; (x - z) / lr is the effective gradient. With gamma == 0 it would equal
-                # d up to rounding, so that case keeps d and stays bitwise equal to torch SGD.
-                z = soft_threshold(p.add(d, alpha=-lr), lr * gamma)
-                d = (p - z).div_(lr)
-            self._nesterov_step(p, d, lr, mu)
+            # With gamma == 0 this is bitwise torch SGD(nesterov=True).
+            buf = self._buffer(p, d, mu)
+            p.add_(d if buf is None else d.add(buf, alpha=mu), alpha=-lr)
         if nonneg:
             p.clamp_(min=0)
+        if hold:
+            self._hold_zeros(p, pinned)
 
-    def _nesterov_step(self, p: Tensor, d: Tensor, lr: float, mu: float) -> None:
-        """torch SGD(nesterov=True) on the effective gradient ``d`` (buffer ``-v / lr`` of APGNAG)."""
-        if mu != 0:
-            state = self.state[p]
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = torch.clone(d).detach()
-            else:
-                buf.mul_(mu).add_(d)
-            d = d.add(buf, alpha=mu)
-        p.add_(d, alpha=-lr)
+    def _buffer(self, p: Tensor, d: Tensor, mu: float) -> Tensor | None:
+        """torch SGD's momentum buffer after this step's effective gradient ``d`` (None without momentum)."""
+        if mu == 0:
+            return None
+        state = self.state[p]
+        buf = state.get("momentum_buffer")
+        if buf is None:
+            buf = state["momentum_buffer"] = torch.clone(d).detach()
+        else:
+            buf.mul_(mu).add_(d)
+        return buf
+
+    def _apgnag_step(self, p: Tensor, d: Tensor, lr: float, mu: float, gamma: float) -> None:
+        """The official APGNAG with its velocity in parameter units:
+        ``v <- mu*v; z <- soft(x - lr*d, lr*gamma); v <- z - x + v; x <- z + mu*v``."""
+        z = soft_threshold(p.add(d, alpha=-lr), lr * gamma)
+        if mu == 0:
+            p.copy_(z)
+            return
+        state = self.state[p]
+        v = state.get("velocity")
+        v = state["velocity"] = (z - p) if v is None else v.mul_(mu).add_(z).sub_(p)
+        p.copy_(z.add_(v, alpha=mu))
+
+    def _hold_zeros(self, p: Tensor, pinned: Tensor | None) -> None:
+        """Pin the entries held at 0 long enough, then count this step's zeros."""
+        state = self.state[p]
+        if pinned is not None and pinned.any():
+            p.masked_fill_(pinned, 0.0)
+            for key in ("momentum_buffer", "velocity"):
+                if key in state:
+                    state[key].masked_fill_(pinned, 0.0)
+        counter = state.get("zero_steps")
+        if counter is None:
+            counter = state["zero_steps"] = torch.zeros_like(p, dtype=torch.int32)
+        counter.copy_(torch.where(p == 0, counter + 1, 0))

@@ -52,6 +52,7 @@ __all__ = [
     "cut_batchnorm",
     "cut_linear",
     "scale_inputs",
+    "find_consumer",
 ]
 
 # Channel-wise layers that never mix channels: the producer walk passes through them.
@@ -303,7 +304,9 @@ def _cut_gate(gate: Gate, keep: Tensor) -> Gate:
     return new
 
 
-def _find_consumer(layers: list[nn.Module], i: int, scale: Tensor, where: str) -> int:
+def find_consumer(layers: list[nn.Module], i: int, scale: Tensor, where: str) -> int:
+    """Index of the conv/linear in ``layers`` that consumes the channels of the gate at ``i`` (scaled by
+    ``scale``), or a :class:`SurgeryError` saying why the gate has none surgery can fold into."""
     for j in range(i + 1, len(layers)):
         m = layers[j]
         if isinstance(m, nn.Conv2d):
@@ -413,7 +416,7 @@ def prune_sequential(
         channels = _producer_channels(layers, i)
         scale = _channel_scale(gate, channels)
         keep = scale != 0
-        j = _find_consumer(layers, i, scale, here)
+        j = find_consumer(layers, i, scale, here)
         if not keep.any():
             consumer = layers[j]
             if allow_constant:

@@ -1,0 +1,86 @@
+"""Gate rescaling: give channel and group gates magnitudes that mean something under normalisation.
+
+A channel gate in front of a conv followed by batch norm is scale-invariant as a layer: the BN divides
+out any factor common to the layer's gates, so the loss cannot tell gates at 1 from the same gates at
+0.01, and an L1 penalty shrinks the whole layer together until BN's ``eps`` breaks the tie; which
+gates are exactly zero is then mostly noise. :func:`rescale_gates` removes that freedom without
+changing the network's function: after each optimizer step it divides a layer's gates by their
+largest value ``s`` and multiplies the consuming layer's weights by ``s`` (the consumer is linear in
+its input, and nothing but zero-preserving, positively homogeneous layers stand between). The
+proximal step's threshold then acts relative to the layer's largest gate, so a zero marks a channel
+that is small *compared with its layer*, and the zero set is the selection.
+
+Momentum state is moved with the parameters (divided by ``s`` for the gate, multiplied for the
+consumer), so the optimizer continues along the same trajectory in the new coordinates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from .gates import ChannelGate, GroupGate
+from .surgery import SurgeryError, find_consumer
+
+__all__ = ["GatePair", "gate_pairs", "rescale_gates"]
+
+_STATE_KEYS = ("momentum_buffer", "velocity")
+
+
+@dataclass(frozen=True)
+class GatePair:
+    """A channel/group gate and the conv/linear that consumes the channels it scales."""
+
+    name: str
+    gate: ChannelGate | GroupGate
+    consumer: nn.Conv2d | nn.Linear
+
+
+def gate_pairs(model: nn.Module) -> tuple[list[GatePair], list[str]]:
+    """Every channel/group gate of ``model`` whose consumer is found as surgery finds it (the first
+    conv/linear after the gate in its ``nn.Sequential``), and the names of the gates without one
+    (rescaling leaves those as they are)."""
+    pairs: list[GatePair] = []
+    unpaired: list[str] = []
+    for prefix, seq in model.named_modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        layers = list(seq)
+        for i, gate in enumerate(layers):
+            if not isinstance(gate, (ChannelGate, GroupGate)):
+                continue
+            name = f"{prefix}.{i}" if prefix else str(i)
+            try:
+                j = find_consumer(layers, i, gate.scale.detach(), name)
+            except SurgeryError:
+                unpaired.append(name)
+                continue
+            pairs.append(GatePair(name, gate, layers[j]))
+    paired = {id(p.gate) for p in pairs}
+    unpaired += [n for n, m in model.named_modules() if isinstance(m, (ChannelGate, GroupGate)) and id(m) not in paired]
+    return pairs, sorted(set(unpaired))
+
+
+@torch.no_grad()
+def rescale_gates(pairs: list[GatePair], optimizer: Optimizer | None = None) -> None:
+    """Divide each pair's gates by their maximum and multiply its consumer's weight by it, in place
+    (outputs unchanged up to float rounding); frozen gates (``requires_grad=False``) and layers whose
+    gates are all zero are left alone. ``optimizer``'s momentum state is rescaled to match."""
+    pairs = [p for p in pairs if p.gate.scale.requires_grad]
+    if not pairs:
+        return
+    maxima = torch.stack([p.gate.scale.detach().max() for p in pairs])
+    factors = torch.where(maxima > 0, maxima, torch.ones_like(maxima)).tolist()  # one device sync
+    state = optimizer.state if optimizer is not None else {}
+    for pair, s in zip(pairs, factors, strict=True):
+        if s == 1.0:
+            continue
+        for param, factor in ((pair.gate.scale, 1.0 / s), (pair.consumer.weight, s)):
+            param.mul_(factor)
+            for key in _STATE_KEYS:
+                buf = state.get(param, {}).get(key)
+                if buf is not None:
+                    buf.mul_(factor)

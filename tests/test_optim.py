@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.linear_model import Lasso
 
-from sss_lightning.optim import APG
+from sss_lightning.optim import APG, soft_threshold
 
 
 def _lasso_problem(seed: int = 0):
@@ -190,3 +190,116 @@ def test_param_group_overrides_are_validated_with_the_group_index():
             ],
             lr=0.1,
         )
+
+
+def _official_apgnag_scheduled(x, grads, lrs, mu, gamma, wd=0.0):
+    """MXNet APGNAG (core/optimizer.py of the official code), one learning rate per step, velocity in
+    parameter units, wd added to the gradient, gates clamped at 0."""
+    v = np.zeros_like(x)
+    for g, lr in zip(grads, lrs, strict=True):
+        g = g + wd * x
+        v = mu * v
+        z = x - lr * g
+        z = np.sign(z) * np.maximum(0.0, np.abs(z) - lr * gamma)
+        v = z - x + v
+        x = z + mu * v
+        x = np.maximum(0.0, x)
+    return x
+
+
+def test_parameter_units_follow_the_official_equations_under_a_cosine_schedule():
+    rng = np.random.default_rng(3)
+    steps = 60
+    grads = [rng.standard_normal(25) for _ in range(steps)]
+    lrs = [0.05 * (1 + math.cos(math.pi * t / steps)) for t in range(steps)]
+    x0 = np.abs(rng.standard_normal(25))
+    expected = _official_apgnag_scheduled(x0.copy(), grads, lrs, mu=0.9, gamma=0.3)
+    x = torch.tensor(x0, requires_grad=True)
+    opt = APG([x], lr=lrs[0], momentum=0.9, gamma=0.3, nonnegative=True, momentum_units="parameter")
+    for g, lr in zip(grads, lrs, strict=True):
+        opt.param_groups[0]["lr"] = lr
+        x.grad = torch.tensor(g)
+        opt.step()
+    np.testing.assert_allclose(x.detach().numpy(), expected, rtol=0, atol=1e-12)
+    assert (expected == 0).any() and np.array_equal(x.detach().numpy() == 0, expected == 0)
+    # gradient units are the same update only at a constant learning rate: under this schedule they differ
+    y = torch.tensor(x0, requires_grad=True)
+    grad_units = APG([y], lr=lrs[0], momentum=0.9, gamma=0.3, nonnegative=True)
+    for g, lr in zip(grads, lrs, strict=True):
+        grad_units.param_groups[0]["lr"] = lr
+        y.grad = torch.tensor(g)
+        grad_units.step()
+    assert not np.allclose(y.detach().numpy(), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("units", ["gradient", "parameter"])
+@pytest.mark.parametrize("seed", range(300))
+def test_proximal_step_without_momentum_lands_exactly_on_the_soft_threshold(seed, units):
+    gen = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(16, generator=gen)
+    g = torch.randn(16, generator=gen)
+    lr, gamma = 0.5 + torch.rand(1, generator=gen).item(), 0.5 + torch.rand(1, generator=gen).item()
+    x = x0.clone().requires_grad_(True)
+    opt = APG([x], lr=lr, momentum=0.0, gamma=gamma, nonnegative=False, momentum_units=units)
+    x.grad = g.clone()
+    opt.step()
+    expected = soft_threshold(x0.add(g, alpha=-lr), lr * gamma)
+    assert torch.equal(x.detach(), expected)  # every thresholded entry exactly 0, no (x - z) / lr residue
+
+
+def test_zero_hold_pins_an_entry_after_k_steps_at_zero_and_not_before():
+    x = torch.tensor([0.05, 1.0], requires_grad=True)
+    opt = APG([x], lr=0.1, momentum=0.9, gamma=1.0, nonnegative=True, zero_hold=3)
+    pulls = [-0.0] * 3 + [-50.0] * 2  # 3 steps at zero (pinned from then on), then gradients that would revive it
+    for k, g in enumerate(pulls):
+        x.grad = torch.tensor([g, 0.0])
+        opt.step()
+        if k < 3:
+            assert x[0].item() == 0.0
+    assert x[0].item() == 0.0 and opt.pinned(x).tolist() == [True, False]
+    assert opt.state[x]["momentum_buffer"][0].item() == 0.0
+
+    y = torch.tensor([0.05, 1.0], requires_grad=True)  # the same, one step short of the hold: it revives
+    opt = APG([y], lr=0.1, momentum=0.9, gamma=1.0, nonnegative=True, zero_hold=3)
+    for g in [-0.0] * 2 + [-50.0]:
+        y.grad = torch.tensor([g, 0.0])
+        opt.step()
+    assert y[0].item() > 0 and not opt.pinned(y).any()
+
+
+def test_zero_hold_counters_resume_from_the_state_dict():
+    def steps(opt, x, grads):
+        for g in grads:
+            x.grad = g.clone()
+            opt.step()
+
+    torch.manual_seed(0)
+    grads = [torch.randn(30) * 0.5 for _ in range(40)]
+    x = torch.full((30,), 0.2, requires_grad=True)
+    opt = APG([x], lr=0.1, gamma=0.5, nonnegative=True, zero_hold=5)
+    steps(opt, x, grads[:20])
+    state, mid = copy.deepcopy(opt.state_dict()), x.detach().clone()
+    steps(opt, x, grads[20:])
+    y = mid.clone().requires_grad_(True)
+    resumed = APG([y], lr=0.1, gamma=0.5, nonnegative=True, zero_hold=5)
+    resumed.load_state_dict(state)
+    steps(resumed, y, grads[20:])
+    assert torch.equal(x, y) and opt.pinned(x).any()
+
+
+def test_threshold_is_the_l1_step_of_a_group():
+    opt = APG([torch.zeros(1, requires_grad=True)], lr=0.2, gamma=0.05, mode="ista", momentum=0.0)
+    assert opt.threshold() == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"momentum_units": "velocity"}, "momentum_units must be one of .*'parameter'"),
+        ({"zero_hold": -1}, "zero_hold must be an int >= 0"),
+        ({"zero_hold": 2.5}, "zero_hold must be an int >= 0"),
+    ],
+)
+def test_bad_new_arguments_name_the_value(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        APG([torch.zeros(1, requires_grad=True)], lr=0.1, **kwargs)

@@ -1,0 +1,121 @@
+"""Gate rescaling: why it is needed (BN makes a layer's channel gates scale-invariant) and that it keeps
+the network's function, its zeros and the optimizer's trajectory."""
+
+import copy
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from sss_lightning.gates import ChannelGate, GroupGate, iter_gates
+from sss_lightning.models import CifarResNet, build_model
+from sss_lightning.module import SSSClassifier
+from sss_lightning.optim import APG
+from sss_lightning.rescale import gate_pairs, rescale_gates
+from tests.helpers import quiet_trainer, tiny_data
+
+
+SMALL_RESNEXT = {"cardinality": 2, "base_width": 4, "stem_width": 8, "out_width": 16}
+
+
+def _net(**kwargs) -> nn.Module:
+    return CifarResNet(depth=8, width=4, num_classes=4, **kwargs).double()
+
+
+def test_channel_gates_in_front_of_a_conv_and_bn_are_scale_invariant_as_a_layer():
+    """The flaw rescaling answers: in the CIFAR basic block the loss cannot tell a layer's gates at 1 from
+    the same gates at 0.1, and its gradient has no component along the layer's gates."""
+    net = _net(gates="channel").train()
+    x, y = torch.randn(16, 3, 8, 8, dtype=torch.float64), torch.randint(0, 4, (16,))
+    gate = next(info.module for info in iter_gates(net))
+    loss = nn.functional.cross_entropy(net(x), y)
+    loss.backward()
+    radial = (gate.scale.grad * gate.scale).sum().item()  # d loss / d log(common factor)
+    assert abs(radial) < 1e-3 * gate.scale.grad.abs().sum().item()  # zero but for BN's eps
+    with torch.no_grad():
+        gate.scale.mul_(0.1)
+    # equal up to BN's eps, which is what finally breaks the tie as the gates shrink
+    torch.testing.assert_close(nn.functional.cross_entropy(net(x), y), loss.detach(), rtol=1e-3, atol=0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    arch=st.sampled_from(["resnet20", "resnext29_8x64d", "vgg11"]),
+    p_zero=st.floats(0.0, 0.9),
+    seed=st.integers(0, 2**16),
+)
+def test_rescaling_keeps_outputs_and_zeros_and_sets_each_layers_largest_gate_to_one(arch, p_zero, seed):
+    gen = torch.Generator().manual_seed(seed)
+    kwargs = {"resnet20": {"width": 4}, "resnext29_8x64d": SMALL_RESNEXT, "vgg11": {"width_mult": 0.125}}[arch]
+    net = build_model(arch, num_classes=5, **kwargs).double()
+    with torch.no_grad():
+        for info in iter_gates(net):
+            s = info.module.scale
+            s.copy_(torch.where(torch.rand(s.shape, generator=gen) < p_zero, 0.0, torch.rand(s.shape, generator=gen)))
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=gen)
+    pairs, unpaired = gate_pairs(net)
+    assert pairs and not unpaired
+    for mode in ("train", "eval"):
+        model = copy.deepcopy(net).train(mode == "train")
+        before = model(x).detach()
+        zeros = [p.gate.scale.detach() == 0 for p in gate_pairs(model)[0]]
+        rescale_gates(gate_pairs(model)[0])
+        torch.testing.assert_close(model(x).detach(), before, rtol=1e-10, atol=1e-10)
+        for pair, zero in zip(gate_pairs(model)[0], zeros, strict=True):
+            assert torch.equal(pair.gate.scale.detach() == 0, zero)
+            if not zero.all():
+                assert pair.gate.scale.max().item() == pytest.approx(1.0, abs=1e-15)
+
+
+def test_group_and_vgg_gates_pair_with_the_conv_or_linear_that_consumes_them():
+    resnext = build_model("resnext29_8x64d", num_classes=5, **SMALL_RESNEXT)
+    pairs, _ = gate_pairs(resnext)
+    assert {type(p.gate) for p in pairs} == {GroupGate}
+    assert all(isinstance(p.consumer, nn.Conv2d) and p.consumer.kernel_size == (1, 1) for p in pairs)
+    vgg = build_model("vgg11", num_classes=5, width_mult=0.125)
+    consumers = [type(p.consumer) for p in gate_pairs(vgg)[0]]
+    assert consumers[-1] is nn.Linear and set(consumers[:-1]) == {nn.Conv2d}
+
+
+def test_a_gate_without_a_foldable_consumer_is_reported_and_left_alone():
+    seq = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), ChannelGate(4), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1))
+    pairs, unpaired = gate_pairs(seq)
+    assert not pairs and unpaired == ["2"]
+
+
+def test_momentum_moves_with_the_parameters():
+    """Rescaling is a change of coordinates: the optimizer continues from the same point on the same path."""
+    torch.manual_seed(0)
+    net = _net(gates="channel")
+    x, y = torch.randn(16, 3, 8, 8, dtype=torch.float64), torch.randint(0, 4, (16,))
+    opt = APG(net.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    pairs, _ = gate_pairs(net)
+    gate, consumer = pairs[0].gate.scale, pairs[0].consumer.weight
+    s = gate.detach().max().item()
+    gate_buf, consumer_buf = opt.state[gate]["momentum_buffer"].clone(), opt.state[consumer]["momentum_buffer"].clone()
+    rescale_gates(pairs, opt)
+    torch.testing.assert_close(opt.state[gate]["momentum_buffer"], gate_buf / s)
+    torch.testing.assert_close(opt.state[consumer]["momentum_buffer"], consumer_buf * s)
+
+
+def test_frozen_gates_are_not_rescaled():
+    net = _net(gates="channel")
+    with torch.no_grad():
+        for info in iter_gates(net):
+            info.module.scale.mul_(0.5)
+            info.module.scale.requires_grad_(False)
+    rescale_gates(gate_pairs(net)[0])
+    assert all(torch.all(info.module.scale == 0.5) for info in iter_gates(net))
+
+
+def test_module_with_gate_rescale_keeps_every_trained_layer_max_at_one(tmp_path):
+    module = SSSClassifier(arch="resnet20", num_classes=4, arch_kwargs={"width": 4}, gamma=0.05, gate_rescale=True)
+    quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=0).fit(module, datamodule=tiny_data())
+    maxima = [p.gate.scale.max().item() for p in gate_pairs(module.net)[0] if p.gate.scale.any()]
+    assert maxima and all(m == pytest.approx(1.0, abs=1e-6) for m in maxima)

@@ -10,6 +10,8 @@ state dict. Loading rebuilds the original by name, applies the recipes (as timm'
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -140,36 +142,172 @@ def save_pruned(model: nn.Module, path: str | os.PathLike, metadata: dict[str, A
     return path
 
 
+_RECREATE = "Re-create it with save_pruned or `sss-lightning prune --ckpt <checkpoint> --out <file>`"
+# Fields of the module recipes whose type is checked before anything is built (a wrong type there would
+# otherwise surface as a bare TypeError deep inside torch.nn); other fields are left to the builders.
+_INT_FIELDS = ("in_channels", "out_channels", "groups", "num_features", "in_features", "out_features", "n")
+_INT_LIST_FIELDS = ("kernel_size", "stride", "padding", "dilation")
+_BOOL_FIELDS = ("bias", "affine", "track_running_stats", "branch")
+_TOP_LEVEL = {"arch": dict, "modules": dict, "state_dict": dict, "metadata": dict}
+
+
+def _first_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its type name when it has none (EOFError(''))."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def _check_file(path: Path) -> None:
+    """Refuse what cannot be a torch.save file before torch looks at it: a folder, 0 bytes, no zip archive."""
+    if path.is_dir():
+        raise PrunedFileError(f"{path} is a directory, not a pruned model file; pass the file save_pruned wrote")
+    if not path.exists():
+        raise FileNotFoundError(f"no pruned model file at {path}; write one with save_pruned or `sss-lightning prune`")
+    size = path.stat().st_size
+    if size == 0:
+        raise PrunedFileError(f"{path} is empty (0 bytes): an interrupted write or copy. {_RECREATE}")
+    if not zipfile.is_zipfile(path):
+        raise PrunedFileError(
+            f"cannot read {path}: its {size} bytes hold no complete zip archive (torch.save writes one), so it is "
+            f"truncated, or not a torch file. {_RECREATE}"
+        )
+
+
+def _check_checksums(path: Path) -> None:
+    """torch.load does not verify the CRC-32 that torch.save records per entry; a flipped byte in a tensor
+    would load as a silently different model, so check them here."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if not any(info.CRC for info in archive.infolist()):
+                return  # written with torch.serialization.set_crc32_options(False): nothing to check against
+            bad = archive.testzip()
+    except Exception as err:  # zipfile raises several types for damaged headers
+        raise PrunedFileError(f"cannot read {path}: damaged zip archive ({_first_line(err)}). {_RECREATE}") from err
+    if bad is not None:
+        raise PrunedFileError(
+            f"{path} is corrupted: the checksum of its entry {bad!r} does not match its bytes (changed after it was "
+            f"written: a bad disk, copy or download). {_RECREATE}"
+        )
+
+
+def _check_recipe(path: Path, where: str, recipe: Any) -> None:
+    known = sorted({*_BUILDERS, "GatedResidual"})
+    if not isinstance(recipe, dict) or recipe.get("type") not in known:
+        got = recipe.get("type") if isinstance(recipe, dict) else recipe
+        raise PrunedFileError(
+            f"{path}: the recipe of module {where!r} must be a dict whose 'type' is one of {known}, got {got!r}. "
+            f"The file is damaged or was edited by hand; {_RECREATE}"
+        )
+    for field, value in recipe.items():
+        if field in _INT_FIELDS:
+            ok = type(value) is int and value >= 1
+            want = "an int >= 1"
+        elif field in _INT_LIST_FIELDS:
+            ok = isinstance(value, (list, tuple)) and all(type(v) is int and v >= 0 for v in value)
+            want = "a list of ints >= 0"
+        elif field in _BOOL_FIELDS:
+            ok = type(value) is bool
+            want = "a bool"
+        else:
+            continue
+        if not ok:
+            raise PrunedFileError(
+                f"{path}: field {field!r} of module {where!r} ({recipe['type']}) must be {want}, got {value!r} "
+                f"({_type_name(value)}). The file is damaged or was edited by hand; {_RECREATE}"
+            )
+
+
+def _check_payload(path: Path, payload: Any) -> None:
+    """The payload is one save_pruned writes: marker, version, every field with its type, tensors only."""
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        got = payload.get("format") if isinstance(payload, dict) else f"a {_type_name(payload)}"
+        raise PrunedFileError(
+            f"{path} is not an sss-lightning pruned model (no format={FORMAT!r} marker, got {got!r}); a Lightning "
+            "checkpoint is turned into one with `sss-lightning prune --ckpt <file> --out <file>`"
+        )
+    version = payload.get("version")
+    if type(version) is not int or version != VERSION:
+        newer = type(version) is int and version > VERSION
+        fix = "upgrade sss-lightning to read it" if newer else _RECREATE
+        raise PrunedFileError(f"{path} has format version {version!r}; this build reads version {VERSION}: {fix}")
+    missing = [key for key in _TOP_LEVEL if key not in payload]
+    if missing:
+        raise PrunedFileError(
+            f"{path} lacks the field(s) {missing} that every pruned file has: damaged or edited by hand. {_RECREATE}"
+        )
+    for key, kind in _TOP_LEVEL.items():
+        if not isinstance(payload[key], kind):
+            raise PrunedFileError(
+                f"{path}: field {key!r} must be a {kind.__name__}, got {_type_name(payload[key])}. {_RECREATE}"
+            )
+    arch = payload["arch"]
+    if not isinstance(arch.get("name"), str) or not isinstance(arch.get("kwargs"), dict):
+        raise PrunedFileError(
+            f"{path}: field 'arch' must be {{'name': <registry name>, 'kwargs': {{...}}}}, got {arch!r}. {_RECREATE}"
+        )
+    for where, recipe in payload["modules"].items():
+        if not isinstance(where, str):
+            raise PrunedFileError(f"{path}: module paths must be strings, got {where!r}. {_RECREATE}")
+        _check_recipe(path, where, recipe)
+    for key, value in payload["state_dict"].items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise PrunedFileError(
+                f"{path}: state_dict entry {key!r} must map a string to a tensor, got {_type_name(value)}. "
+                f"{_RECREATE}"
+            )
+
+
 def read_pruned(path: str | os.PathLike) -> dict[str, Any]:
-    """The raw payload of a pruned-model file, checked to be ours (``weights_only`` loading)."""
+    """The raw payload of a pruned-model file, checked to be ours and complete (``weights_only`` loading).
+
+    Every way a file can be damaged (empty, truncated, flipped bytes, missing or mistyped fields, another
+    format or version) raises :class:`PrunedFileError` naming the file and what is wrong;
+    a path with no file raises ``FileNotFoundError``.
+    """
+    path = Path(path)
+    _check_file(path)
+    _check_checksums(path)  # first: a flipped byte is named as such, not as whatever torch makes of it
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
+    except pickle.UnpicklingError as err:
+        raise PrunedFileError(
+            f"cannot read {path}: it holds objects that weights_only loading refuses (e.g. a whole nn.Module "
+            f"saved with torch.save(model)); a pruned file holds only plain data and tensors. {_RECREATE}"
+        ) from err
     except Exception as err:  # torch raises several types for truncated or foreign files
         raise PrunedFileError(
-            f"cannot read {path}: {str(err).splitlines()[0]} (truncated, or not a torch file). "
-            "Re-create it with save_pruned or `sss-lightning prune`"
+            f"cannot read {path}: {_first_line(err)} (truncated, or not a torch file). {_RECREATE}"
         ) from err
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise PrunedFileError(
-            f"{path} is not an sss-lightning pruned model (no format={FORMAT!r} marker); a Lightning checkpoint "
-            "is turned into one with `sss-lightning prune --ckpt <file> --out <file>`"
-        )
-    if payload.get("version") != VERSION:
-        raise PrunedFileError(f"{path} has format version {payload.get('version')}, this build reads {VERSION}")
+    _check_payload(path, payload)
     return payload
 
 
 def load_pruned(path: str | os.PathLike) -> nn.Module:
     """Rebuild a pruned model saved by :func:`save_pruned`, in eval mode, with its metadata attached."""
     payload = read_pruned(path)
-    model = apply_spec(payload)
+    arch = payload["arch"]
+    try:
+        model = apply_spec(payload)
+    except PrunedFileError:
+        raise
+    except Exception as err:  # an unknown registry name, build kwargs or recipe fields this build rejects
+        raise PrunedFileError(
+            f"{path}: cannot rebuild the architecture it records ({arch['name']!r} with {arch['kwargs']}): "
+            f"{type(err).__name__}: {_first_line(err)}. A file written by another sss-lightning version or with a "
+            f"custom @register_model needs that code importable; otherwise {_RECREATE}"
+        ) from err
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as err:  # torch's message lists every missing/unexpected key and size mismatch
         raise PrunedFileError(
-            f"{path} does not match the architecture its spec describes ({payload['arch']['name']}): {err}"
+            f"{path} does not match the architecture its spec describes ({payload['arch']['name']}): {err}\n"
+            f"The weights belong to another architecture, or the file was edited. {_RECREATE}"
         ) from err
     model.sss_arch = payload["arch"]
     model.sss_metadata = payload["metadata"]

@@ -1,9 +1,18 @@
-"""``pip install .`` and ``pip install -e .`` both give ``import sss_lightning.callbacks``."""
+"""``pip install .`` and ``pip install -e .`` both give ``import sss_lightning.callbacks``.
 
+The builds run without network (``--no-build-isolation``), so they use the setuptools of the environment
+running the tests, which the ``test`` extra declares (``setuptools>=70.1``: ``bdist_wheel`` built in, no
+``wheel`` package needed). The fresh venvs see that environment's packages and nothing else: not the base
+interpreter's site-packages, whose setuptools may be too old (Debian's 66 has no ``bdist_wheel``) and
+which need not hold torch at all when the tests run from a virtual environment.
+"""
+
+import os
 import subprocess
 import sys
 import venv
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -11,10 +20,58 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
+SETUPTOOLS_MIN = (70, 1)
+
+
+def _require_build_backend() -> None:
+    """Fail with the fix, not with setuptools' ``invalid command 'bdist_wheel'``, when the backend is too old."""
+    try:
+        import setuptools
+    except ImportError:
+        pytest.fail(f"building sss-lightning needs setuptools in {sys.prefix}: pip install -e '.[test]'")
+    version = tuple(int(part) for part in setuptools.__version__.split(".")[:2] if part.isdigit())
+    if version < SETUPTOOLS_MIN:
+        try:
+            import wheel  # noqa: F401  (older setuptools take bdist_wheel from the wheel package)
+        except ImportError:
+            pytest.fail(
+                f"setuptools {setuptools.__version__} in {sys.prefix} has no bdist_wheel and the wheel package is "
+                "missing: pip install -e '.[test]' (it asks for setuptools>=70.1)"
+            )
+
+
+def _site_dirs() -> list[str]:
+    """Where the interpreter running the tests finds its packages: its ``sys.path`` minus this checkout
+    (a venv's own site-packages, not its base's; PYTHONPATH and ``.pth`` additions included)."""
+    repo = str(REPO.resolve())
+    keep = []
+    for entry in sys.path:
+        resolved = os.path.realpath(entry) if entry else ""
+        if resolved and os.path.isdir(resolved) and resolved != repo and not resolved.startswith(repo + os.sep):
+            keep.append(resolved)
+    return list(dict.fromkeys(keep))
+
+
+def _fresh_venv(env_dir) -> str:
+    """A venv without pip or system site-packages that sees this environment's packages after its own.
+
+    The folders go in as plain ``.pth`` lines: appended to ``sys.path`` after the venv's own site-packages
+    (so what is installed into the venv wins) and not scanned for ``.pth`` files of their own (so this
+    environment's editable install of sss-lightning does not leak in)."""
+    venv.create(env_dir, system_site_packages=False, with_pip=False)
+    python = env_dir / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    (Path(purelib) / "outer-environment.pth").write_text("\n".join(_site_dirs()) + "\n")
+    return str(python)
+
 
 def _pip_install(python: str, *args: str) -> None:
-    """This interpreter's pip installs into the venv at ``python``; it builds with the setuptools found there
-    (the system's, seen through system_site_packages), so the test needs no network."""
+    """This interpreter's pip installs into the venv at ``python`` and builds with the setuptools the venv
+    sees (this environment's, see ``_fresh_venv``), so the test needs no network."""
+    _require_build_backend()
     subprocess.run(
         [
             sys.executable,
@@ -34,6 +91,7 @@ def _pip_install(python: str, *args: str) -> None:
 
 
 def test_wheel_installs_top_level_callbacks_as_subpackage(tmp_path):
+    _require_build_backend()
     subprocess.run(
         [
             sys.executable,
@@ -61,8 +119,7 @@ def test_wheel_installs_top_level_callbacks_as_subpackage(tmp_path):
 @pytest.mark.parametrize("editable", [False, True], ids=["install", "editable"])
 def test_fresh_venv_imports_callbacks(tmp_path, editable):
     env_dir = tmp_path / "venv"
-    venv.create(env_dir, system_site_packages=True, with_pip=False)
-    python = str(env_dir / "bin" / "python")
+    python = _fresh_venv(env_dir)
     _pip_install(python, *(["-e"] if editable else []), str(REPO))
     probe = (
         "import sss_lightning.callbacks as c, sss_lightning, sys; "

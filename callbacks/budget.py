@@ -15,6 +15,7 @@ from typing_extensions import override
 
 from sss_lightning.flops import MacEstimator
 from sss_lightning.gates import gate_parameters
+from sss_lightning.optim import APG
 from sss_lightning.surgery import prune
 
 from .input_size import check_input_size, require_input_size
@@ -166,10 +167,11 @@ class MacsBudget(Callback):
     def _lookahead(self, trainer: L.Trainer) -> dict[int, float]:
         """Per gate, how far the L1 step alone moves it in the next ``every_n_steps`` steps (momentum
         included): gates closer to zero than that count as gone, so the controller reacts before they are."""
+        optimizer = trainer.optimizers[0]
+        if not isinstance(optimizer, APG):
+            raise TypeError(f"MacsBudget steers SSS's APG optimizer, got {type(optimizer).__name__}; use an SSSModule")
         return {
-            id(p): self.every_n_steps * g["lr"] * g["gamma"] / (1 - g["momentum"])
-            for g in _gate_groups(trainer.optimizers[0])
-            for p in g["params"]
+            id(p): optimizer.l1_drift(g, self.every_n_steps) for g in _gate_groups(optimizer) for p in g["params"]
         }
 
     def _set_gamma(self, trainer: L.Trainer) -> None:

@@ -172,6 +172,15 @@ class APG(Optimizer):
             group = self.param_groups[group]
         return float(group["lr"] * group["gamma"])
 
+    def l1_drift(self, group: dict[str, Any] | int, steps: int) -> float:
+        """How far the L1 term alone moves an entry towards 0 over ``steps`` steps at the current learning
+        rate: ``steps * lr * gamma``, amplified by ``1 / (1 - momentum)`` where momentum accumulates it
+        (``"apg"`` and ``"sgd"``; ``"ista"`` keeps no momentum)."""
+        if isinstance(group, int):
+            group = self.param_groups[group]
+        amplify = 1.0 if group["mode"] == "ista" else 1.0 / (1.0 - group["momentum"])
+        return steps * self.threshold(group) * amplify
+
     def pinned(self, p: Tensor) -> Tensor | None:
         """Boolean mask of ``p``'s entries that ``zero_hold`` has pinned at 0 (None before any step)."""
         state = self.state.get(p)

@@ -303,3 +303,15 @@ def test_threshold_is_the_l1_step_of_a_group():
 def test_bad_new_arguments_name_the_value(kwargs, message):
     with pytest.raises(ValueError, match=message):
         APG([torch.zeros(1, requires_grad=True)], lr=0.1, **kwargs)
+
+
+def test_l1_drift_counts_momentum_only_where_the_mode_keeps_it():
+    params = [torch.zeros(1, requires_grad=True) for _ in range(2)]
+    opt = APG(
+        [{"params": [params[0]], "mode": "apg"}, {"params": [params[1]], "mode": "ista"}],
+        lr=0.1,
+        momentum=0.9,
+        gamma=0.01,
+    )
+    assert opt.l1_drift(0, 10) == pytest.approx(10 * 0.1 * 0.01 / (1 - 0.9))
+    assert opt.l1_drift(1, 10) == pytest.approx(10 * 0.1 * 0.01)  # ISTA: no momentum behind the threshold

@@ -6,35 +6,69 @@ by ``class_path`` in YAML; ``prune`` turns a training checkpoint into a pruned m
 writes it as TorchScript or ONNX, and ``models`` lists the registered architectures with their MACs.
 LightningCLI's ``--optimizer`` and ``--lr_scheduler`` would silently replace the two-group APG set-up
 that SSS depends on, so they are refused with an error that says which model arguments to set instead.
+
+Errors are the command line's, not Python's: a bad value (``--model.init_args.gamma=-1``, an unknown
+architecture, a missing or damaged file) prints one line ``sss-lightning: error: <option>=<value>: <what is
+wrong and the fix>`` and exits with code 2 (1 for an error during the run); ``--debug`` or ``SSS_DEBUG=1``
+shows the traceback instead.
 """
 
 from __future__ import annotations
 
+import importlib
 import netrc
 import os
+import re
 import sys
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import lightning as L
 from jsonargparse import ArgumentParser
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import ArgsType, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 
 from .export import FORMATS, export_model
 from .flops import count_flops, format_comparison
-from .gates import random_gate_pattern
+from .gates import iter_gates, random_gate_pattern
 from .io import load_pruned, save_pruned
 from .models import build_model, default_input_size, list_models
 from .module import SSSModule, load_sss_checkpoint
 from .surgery import check_round_to, prune
 
-__all__ = ["SSSLightningCLI", "ConfigError", "main", "export_command", "models_command", "prune_command"]
+__all__ = [
+    "SSSLightningCLI",
+    "ConfigError",
+    "RunError",
+    "main",
+    "export_command",
+    "models_command",
+    "prune_command",
+]
+
+TRAINER_COMMANDS = {
+    "fit": "train (and prune, with StructuralSurgery in the config's callbacks)",
+    "validate": "one evaluation epoch over the validation set",
+    "test": "one evaluation epoch over the test set",
+    "predict": "run inference on the predict data",
+}
+SSS_COMMANDS = {
+    "prune": "turn a training checkpoint into a pruned model file (MACs/params, accuracy before/after)",
+    "export": "write a pruned model file as TorchScript or ONNX, checked against the model",
+    "models": "list the registered architectures with their MACs and parameters",
+}
+DEBUG_HINT = "(--debug or SSS_DEBUG=1 shows the traceback)"
 
 
 class ConfigError(ValueError):
-    """A configuration SSS cannot honour; the message says what to change."""
+    """A configuration or argument SSS cannot honour, found before any work; the message says what to change."""
+
+
+class RunError(RuntimeError):
+    """A run that stopped on a user-fixable problem (bad data, non-finite loss...); the message says which."""
 
 
 class SSSLightningCLI(LightningCLI):
@@ -53,6 +87,17 @@ class SSSLightningCLI(LightningCLI):
             **kwargs,
         )
 
+    def instantiate_classes(self) -> None:
+        """LightningCLI's, with a constructor's ValueError/TypeError (and the Trainer's
+        MisconfigurationException) turned into a ConfigError that names the option and its value."""
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError, MisconfigurationException) as err:
+            if isinstance(err, ConfigError):
+                raise
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            raise ConfigError(explain(err, config)) from err
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         _offline_without_wandb_key(config)
@@ -64,6 +109,177 @@ class SSSLightningCLI(LightningCLI):
                     "replace it. Set model.init_args.lr, momentum, weight_decay, gamma, gate_lr, gate_mode, "
                     "schedule and milestones instead."
                 )
+
+
+# --------------------------------------------------------------------------------------------------
+# Which option an instantiation error is about
+# --------------------------------------------------------------------------------------------------
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    """``err`` and its causes, outermost first."""
+    chain, seen = [err], {id(err)}
+    while True:
+        nxt = chain[-1].__cause__ or (None if chain[-1].__suppress_context__ else chain[-1].__context__)
+        if nxt is None or id(nxt) in seen:
+            return chain
+        chain.append(nxt)
+        seen.add(id(nxt))
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """The innermost ValueError/TypeError/MisconfigurationException: the constructor's own message, not
+    jsonargparse's "Does not validate against any of the Union subtypes" wrapper around it."""
+    for cause in reversed(_chain(err)):
+        if isinstance(cause, (ValueError, TypeError, MisconfigurationException)):
+            return cause
+    return err
+
+
+def _failing_class(err: BaseException) -> type | None:
+    """The class whose constructor raised: the innermost ``class_type`` LightningCLI/jsonargparse called."""
+    found = None
+    for cause in _chain(err):
+        tb: TracebackType | None = cause.__traceback__
+        while tb is not None:
+            candidate = tb.tb_frame.f_locals.get("class_type")
+            if isinstance(candidate, type):
+                found = candidate
+            tb = tb.tb_next
+    return found
+
+
+def _resolve(class_path: Any) -> Any:
+    module, _, name = str(class_path).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def _option_groups(config: Any) -> list[tuple[str, Any, Any]]:
+    """``(option prefix, class_path, arguments)`` of every configured object: model, data, trainer
+    callbacks and loggers, and the Trainer itself (class_path ``None``)."""
+    groups: list[tuple[str, Any, Any]] = []
+
+    def add(prefix: str, node: Any) -> None:
+        if hasattr(node, "get") and node.get("class_path"):
+            groups.append((f"{prefix}.init_args", node.get("class_path"), node.get("init_args")))
+
+    for key in ("model", "data"):
+        add(key, config.get(key))
+    trainer = config.get("trainer") or {}
+    for key in ("callbacks", "logger"):
+        nodes = trainer.get(key) if hasattr(trainer, "get") else None
+        if isinstance(nodes, list):
+            for i, node in enumerate(nodes):
+                add(f"trainer.{key}[{i}]", node)
+        else:
+            add(f"trainer.{key}", nodes)
+    groups.append(("trainer", None, trainer))
+    return groups
+
+
+def _format_value(value: Any) -> str:
+    return value if isinstance(value, str) else str(value)
+
+
+def _score(key: str, value: Any, message: str) -> int:
+    """How surely ``message`` is about argument ``key``: its name (2) and its value (1) appear in it."""
+    score = 2 if re.search(rf"(?<![\w.]){re.escape(key)}(?!\w)", message) else 0
+    if value is not None and not isinstance(value, bool) and not hasattr(value, "keys"):
+        text = re.escape(_format_value(value))
+        if text and re.search(rf"(?<![\w.]){text}(?![\w])", message):
+            score += 1
+    return score
+
+
+def explain(err: BaseException, config: Any) -> str:
+    """One line for an error raised while building the configured objects: ``--<option>=<value>: <the
+    constructor's message>`` when the message points at one argument (by name or value), else
+    ``--<group> (<class>): <message>``; the constructor's message carries the fix."""
+    cause = _root_cause(err)
+    message = " ".join(str(cause).split()) or type(cause).__name__
+    failing = _failing_class(err)
+    groups = _option_groups(config)
+    if failing is not None:
+        matching = [g for g in groups if g[1] is not None and _resolve(g[1]) is failing]
+        groups = matching or groups
+    elif isinstance(cause, MisconfigurationException) or any(
+        _frames_named(cause, ("instantiate_trainer", "_instantiate_trainer"))
+    ):
+        groups = [g for g in groups if g[1] is None]
+    best: tuple[int, str, Any] | None = None
+    for prefix, _, arguments in groups:
+        items = arguments.items() if hasattr(arguments, "items") else []
+        for key, value in items:
+            if key in ("callbacks", "logger", "plugins"):
+                continue
+            score = _score(str(key), value, message)
+            if score and (best is None or score > best[0]):
+                best = (score, f"{prefix}.{key}", value)
+    if best is not None:
+        return f"--{best[1]}={_format_value(best[2])}: {message}"
+    if failing is not None and len(groups) == 1 and groups[0][1] is not None:
+        return f"--{groups[0][0].removesuffix('.init_args')} ({groups[0][1]}): {message}"
+    return message
+
+
+def _frames_named(err: BaseException, names: tuple[str, ...]) -> list[bool]:
+    """For each frame of ``err``'s traceback, whether its function is one of ``names`` (only matches kept)."""
+    hits = []
+    tb = err.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name in names:
+            hits.append(True)
+        tb = tb.tb_next
+    return hits
+
+
+# --------------------------------------------------------------------------------------------------
+# Argument checks of prune / export / models (before any work)
+# --------------------------------------------------------------------------------------------------
+
+
+def _existing_file(option: str, value: str, what: str) -> Path:
+    path = Path(value)
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a directory; pass {what}")
+    if not path.is_file():
+        raise ConfigError(f"{option} {path}: no such file; pass {what}")
+    if path.stat().st_size == 0:
+        raise ConfigError(f"{option} {path} is empty (0 bytes: an interrupted write or copy); pass {what}")
+    return path
+
+
+def _output_file(option: str, path: Path, example: str) -> Path:
+    """A path a file can be written to: not a folder, in a folder that is one (or can be created)."""
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a directory; pass a file path such as {path / example}")
+    parent = next((a for a in path.absolute().parents if a.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(f"{option} {path}: {parent} is a file, not a folder; choose another path")
+    if parent is not None and not os.access(parent, os.W_OK):
+        raise ConfigError(f"{option} {path}: cannot write into {parent} (permission denied); choose another path")
+    return path
+
+
+def _input_size(option: str, value: list[int] | None) -> list[int] | None:
+    if value is None:
+        return None
+    if len(value) != 3 or any(isinstance(v, bool) or v < 1 for v in value):
+        raise ConfigError(f"{option} must be three positive ints C H W (e.g. 3 32 32), got {list(value)}")
+    return list(value)
+
+
+def _smallest_gates(net: Any, k: int = 5) -> str:
+    values = [(f"{g.name}[{i}]", float(v)) for g in iter_gates(net) for i, v in enumerate(g.module.scale.detach())]
+    return ", ".join(f"{name}={v:.3g}" for name, v in sorted(values, key=lambda item: abs(item[1]))[:k])
+
+
+# --------------------------------------------------------------------------------------------------
+# Sub-commands
+# --------------------------------------------------------------------------------------------------
 
 
 def prune_command(argv: list[str]) -> Path:
@@ -80,16 +296,38 @@ def prune_command(argv: list[str]) -> Path:
     try:
         check_round_to(args.round_to)
     except ValueError as err:
-        raise ConfigError(str(err)) from err
-    ckpt = Path(args.ckpt)
+        raise ConfigError(f"--round_to={args.round_to}: {err}") from err
+    what = "the .ckpt file a training run's ModelCheckpoint wrote (e.g. runs/<name>/checkpoints/last.ckpt)"
+    ckpt = _existing_file("--ckpt", args.ckpt, what)
+    out = _output_file("--out", Path(args.out) if args.out else ckpt.with_name(f"{ckpt.stem}-pruned.pt"), "pruned.pt")
+    input_size = _input_size("--input_size", args.input_size)
+    if args.config:
+        _existing_file("--config", args.config, "the YAML config of the fit run (for its validation data)")
     try:
         module, info = load_sss_checkpoint(ckpt)
     except (FileNotFoundError, ValueError) as err:
-        raise ConfigError(str(err)) from err
-    size = args.input_size or info.get("input_shape")
+        raise ConfigError(f"--ckpt {ckpt}: {err}") from err
+    except Exception as err:  # torch.load of a truncated or foreign file: EOFError, UnpicklingError, ...
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(
+            f"--ckpt {ckpt}: cannot read it as a Lightning checkpoint ({type(err).__name__}: {first}); it is "
+            f"truncated or not a checkpoint. Pass {what}"
+        ) from err
+    size = input_size or info.get("input_shape")
     if not size:
-        raise ConfigError(f"{ckpt} records no input shape; pass --input_size C H W")
+        raise ConfigError(f"--ckpt {ckpt} records no input shape; pass --input_size C H W")
     gated = module.net
+    if not list(iter_gates(gated)):
+        rank_zero_warn(
+            f"prune: the network in {ckpt} has no gates (it was pruned during training, e.g. by "
+            "StructuralSurgery with finetune_epochs); it is written as it is"
+        )
+    elif not getattr(module, "reshaped", False) and not any((g.module.scale == 0).any() for g in iter_gates(gated)):
+        rank_zero_warn(
+            f"prune: no gate in {ckpt} is exactly zero, so nothing is removed (the gates are only folded into the "
+            f"weights; smallest: {_smallest_gates(gated)}). To get zeros, train with a larger gamma "
+            "(--model.init_args.gamma, e.g. 2-5x) or for more epochs"
+        )
     pruned = prune(gated, round_to=args.round_to)
     before, after = count_flops(gated, size), count_flops(pruned, size)
     extra: dict[str, tuple[float, float]] = {}
@@ -100,7 +338,6 @@ def prune_command(argv: list[str]) -> Path:
         module.net = pruned
         acc_after = trainer.validate(module, datamodule=cli.datamodule, verbose=False)[0]
         extra = {k: (acc_before[k], acc_after[k]) for k in sorted(acc_before) if k in acc_after}
-    out = Path(args.out) if args.out else ckpt.with_name(f"{ckpt.stem}-pruned.pt")
     metadata = {"checkpoint": str(ckpt), "input_size": list(size), "macs": after.macs, "params": after.params}
     metadata.update({f"{k} (pruned)": v[1] for k, v in extra.items()})
     save_pruned(pruned, out, metadata=metadata)
@@ -122,6 +359,13 @@ def models_command(argv: list[str]) -> list[dict[str, Any]]:
     parser.add_argument("--num_classes", type=int | None, default=None, help="classes (default: the builder's)")
     args = parser.parse_args(argv)
     names = args.names or list_models()
+    unknown = [name for name in names if name not in list_models()]
+    if unknown:
+        raise ConfigError(f"--names: unknown model(s) {unknown}; known models: {', '.join(list_models())}")
+    if args.zero_fraction is not None and not 0.0 <= args.zero_fraction <= 1.0:
+        raise ConfigError(f"--zero_fraction must be in [0, 1] (0.5: half the gates zero), got {args.zero_fraction}")
+    if args.num_classes is not None and args.num_classes < 1:
+        raise ConfigError(f"--num_classes must be a positive int, got {args.num_classes}")
     kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
     header = "| model | input | MACs | params |"
     if args.zero_fraction is not None:
@@ -154,18 +398,26 @@ def export_command(argv: list[str]) -> Path:
     args = parser.parse_args(argv)
     if args.format not in FORMATS:
         raise ConfigError(f"--format must be one of {FORMATS}, got {args.format!r}")
-    try:
-        model = load_pruned(args.model)
-    except (FileNotFoundError, ValueError) as err:
-        raise ConfigError(str(err)) from err
-    size = args.input_size or model.sss_metadata.get("input_size")
-    if not size:
-        raise ConfigError(f"{args.model} records no input size; pass --input_size C H W")
+    what = "a pruned model file written by `sss-lightning prune` or save_pruned"
+    model_path = _existing_file("--model", args.model, what)
     suffix = {"torchscript": ".ts", "onnx": ".onnx"}[args.format]
-    out = Path(args.out) if args.out else Path(args.model).with_suffix(suffix)
-    path, diff = export_model(model, out, size, args.format)
+    out = _output_file("--out", Path(args.out) if args.out else model_path.with_suffix(suffix), f"model{suffix}")
+    input_size = _input_size("--input_size", args.input_size)
+    try:
+        model = load_pruned(model_path)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"--model: {err}") from err
+    size = input_size or model.sss_metadata.get("input_size")
+    if not size:
+        raise ConfigError(f"--model {model_path} records no input size; pass --input_size C H W")
+    try:
+        path, diff = export_model(model, out, size, args.format)
+    except ImportError as err:
+        raise ConfigError(f"--format {args.format}: {err}; or pip install -e '.[export]'") from err
+    except RuntimeError as err:
+        raise RunError(f"export to {out} failed, no file written: {err}") from err
     check = "not checked (install onnxruntime to check)" if diff is None else f"max |difference| {diff:.2e}"
-    print(f"exported {args.model} -> {path} ({args.format}); outputs vs the model: {check}")
+    print(f"exported {model_path} -> {path} ({args.format}); outputs vs the model: {check}")
     return path
 
 
@@ -195,18 +447,69 @@ def _offline_without_wandb_key(config: Any) -> None:
             )
 
 
+def top_level_help() -> str:
+    """``sss-lightning --help``: every sub-command, the trainer's (LightningCLI) and SSS's own."""
+    commands = {**TRAINER_COMMANDS, **SSS_COMMANDS}
+    width = max(map(len, commands)) + 2
+    lines = [
+        f"usage: sss-lightning [-c CONFIG] {{{','.join(commands)}}} ...",
+        "",
+        "Sparse Structure Selection on PyTorch Lightning: train with gates, prune, export.",
+        "",
+        "subcommands (`sss-lightning <subcommand> --help` lists its options):",
+        *(f"  {name:<{width}}{text}" for name, text in TRAINER_COMMANDS.items()),
+        *(f"  {name:<{width}}{text}" for name, text in SSS_COMMANDS.items()),
+        "",
+        "options:",
+        "  -h, --help            show this help and exit",
+        "  -c CONFIG, --config CONFIG",
+        "                        (fit/validate/test/predict) a YAML config, as in LightningCLI",
+        "  --print_config        print the configuration after all other arguments and exit",
+        "  --debug               show the traceback of an error (also SSS_DEBUG=1)",
+        "",
+        "example: sss-lightning fit --config experiments/fashion_mnist_quick.yaml",
+    ]
+    return "\n".join(lines)
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("SSS_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
 def main(args: ArgsType = None) -> None:
-    """Entry point of ``sss-lightning`` and ``python -m sss_lightning``."""
+    """Entry point of ``sss-lightning`` and ``python -m sss_lightning``.
+
+    An error the user can fix is one line on stderr (``sss-lightning: error: ...``) and exit code 2
+    (before any work) or 1 (during the run); ``--debug`` or ``SSS_DEBUG=1`` re-raises it with its traceback.
+    """
     argv = list(sys.argv[1:] if args is None else args)
+    debug = _debug_requested(argv)
+    argv = [a for a in argv if a != "--debug"]
+    commands = [*TRAINER_COMMANDS, *SSS_COMMANDS]
     try:
-        if argv[:1] == ["prune"]:
+        if not argv or argv[0] in ("-h", "--help"):
+            print(top_level_help(), file=sys.stdout if argv else sys.stderr)
+            if not argv:
+                raise ConfigError(f"a subcommand is required, one of {{{','.join(commands)}}}")
+            return
+        if argv[0] == "prune":
             prune_command(argv[1:])
-        elif argv[:1] == ["models"]:
+        elif argv[0] == "models":
             models_command(argv[1:])
-        elif argv[:1] == ["export"]:
+        elif argv[0] == "export":
             export_command(argv[1:])
+        elif argv[0] in TRAINER_COMMANDS or argv[0].startswith("-"):
+            if args is None:  # LightningCLI reads sys.argv itself (and warns when given both)
+                sys.argv[1:] = argv
+                SSSLightningCLI()
+            else:
+                SSSLightningCLI(args=argv)
         else:
-            SSSLightningCLI(args=args)
-    except ConfigError as err:
-        print(f"sss-lightning: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from err
+            raise ConfigError(f"unknown subcommand {argv[0]!r}; choose one of {{{','.join(commands)}}} (see --help)")
+    except (ConfigError, RunError, ValueError, FileNotFoundError, MisconfigurationException) as err:
+        if debug:
+            raise
+        code = 2 if isinstance(err, ConfigError) else 1
+        message = " ".join(str(err).split()) if "\n" not in str(err).strip() else str(err).strip()
+        print(f"sss-lightning: error: {message} {DEBUG_HINT}", file=sys.stderr)
+        raise SystemExit(code) from None

@@ -128,6 +128,8 @@ def apply_spec(spec: dict[str, Any]) -> nn.Module:
 def save_pruned(model: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
     """Write ``model`` (a pruned registry model) as spec + state dict; ``metadata`` must be plain data."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"save_pruned: {path} is a directory; pass a file path such as {path / 'pruned.pt'}")
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
@@ -136,9 +138,12 @@ def save_pruned(model: nn.Module, path: str | os.PathLike, metadata: dict[str, A
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "metadata": dict(metadata or {}),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # never leave a half-written file under the real name
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)  # never leave a half-written file under the real name
+    finally:
+        tmp.unlink(missing_ok=True)  # nor a temporary one when writing or renaming failed
     return path
 
 

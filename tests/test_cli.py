@@ -1,3 +1,5 @@
+import os
+import re
 import subprocess
 import sys
 
@@ -276,3 +278,224 @@ def test_online_wandb_without_a_key_falls_back_to_offline_instead_of_prompting(t
         )
     (logger,) = [lg for lg in cli.trainer.loggers if isinstance(lg, WandbLogger)]
     assert logger._offline is True
+
+
+# --- errors the command-line way: one line naming the option, the value and the fix; no traceback ------
+
+
+TINY_CONFIG = """\
+seed_everything: 0
+trainer: {logger: false, enable_checkpointing: false, enable_progress_bar: false, max_steps: 1}
+model:
+  class_path: sss_lightning.SSSClassifier
+  init_args: {num_classes: 4, arch: resnet20, arch_kwargs: {width: 4}}
+data:
+  class_path: sss_lightning.data.SyntheticDataModule
+  init_args: {num_classes: 4, image_size: 8, train_size: 16, val_size: 16, batch_size: 8}
+"""
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_CONFIG)
+    return path
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("sss-lightning: error: "), err
+    return err
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("--model.init_args.gamma=-0.1", "--model.init_args.gamma=-0.1: APG (gates): gamma (L1 strength) must be >= 0"),
+        ("--model.init_args.arch=resnet9000", "--model.init_args.arch=resnet9000: unknown model 'resnet9000'; known"),
+        ("--model.init_args.lr=0", "--model.init_args.lr=0.0: APG (weights): lr must be > 0"),
+        ("--model.init_args.momentum=1.5", "--model.init_args.momentum=1.5: APG (weights): momentum must be in [0, 1)"),
+        ("--data.init_args.batch_size=0", "--data.init_args.batch_size=0: batch_size must be a positive int"),
+        ("--trainer.max_steps=-5", "--trainer.max_steps=-5: `max_steps` must be a non-negative integer"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_the_option_value_and_fix(override, expected, tiny_config, tmp_path, capsys):
+    """Used to end in a 70-line traceback through jsonargparse with exit code 1."""
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(tiny_config), override])
+    assert exc.value.code == 2
+    err = _error_line(capsys)
+    assert expected in err and "--debug" in err
+
+
+def test_debug_switch_and_env_var_show_the_traceback(tiny_config, monkeypatch):
+    from sss_lightning.cli import ConfigError
+
+    with pytest.raises(ConfigError, match="gamma=-0.1") as info:
+        main(["fit", "--config", str(tiny_config), "--model.init_args.gamma=-0.1", "--debug"])
+    assert isinstance(info.value.__cause__, ValueError)  # the constructor's error, with its traceback
+    monkeypatch.setenv("SSS_DEBUG", "1")
+    with pytest.raises(ConfigError):
+        main(["fit", "--config", str(tiny_config), "--model.init_args.gamma=-0.1"])
+
+
+def test_console_script_error_has_no_traceback_and_a_non_zero_exit(tiny_config):
+    out = subprocess.run(
+        ["sss-lightning", "fit", "--config", str(tiny_config), "--model.init_args.gamma=-1"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SSS_DEBUG": ""},
+    )
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert "sss-lightning: error: --model.init_args.gamma=-1.0: " in out.stderr
+
+
+def test_help_lists_every_subcommand():
+    """Used to list only LightningCLI's fit/validate/test/predict."""
+    out = subprocess.run(["sss-lightning", "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("fit", "validate", "test", "predict", "prune", "export", "models"):
+        assert re.search(rf"^  {command} +\S", out, re.MULTILINE), (command, out)
+    assert "{fit,validate,test,predict,prune,export,models}" in out and "--debug" in out
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        ([], "a subcommand is required, one of {fit,validate,test,predict,prune,export,models}"),
+        (["bogus"], "unknown subcommand 'bogus'; choose one of {fit,"),
+    ],
+)
+def test_missing_or_unknown_subcommand(argv, expected, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert expected in capsys.readouterr().err
+
+
+def _prune_error(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(["prune", *argv])
+    assert exc.value.code == 2
+    return _error_line(capsys)
+
+
+def test_prune_of_an_empty_or_truncated_checkpoint_is_a_clear_error(tmp_path, capsys):
+    """`prune --ckpt empty.ckpt` used to end in a raw EOFError traceback."""
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    assert "--ckpt" in _prune_error(["--ckpt", str(tmp_path / "empty.ckpt")], capsys)
+    assert "is empty (0 bytes" in _prune_error(["--ckpt", str(tmp_path / "empty.ckpt")], capsys)
+    ckpt = _train_checkpoint(tmp_path)
+    (tmp_path / "cut.ckpt").write_bytes(ckpt.read_bytes()[:1000])
+    err = _prune_error(["--ckpt", str(tmp_path / "cut.ckpt")], capsys)
+    assert "cannot read it as a Lightning checkpoint" in err and "truncated" in err
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--ckpt", "{tmp}/nothing.ckpt"], "--ckpt {tmp}/nothing.ckpt: no such file; pass the .ckpt file"),
+        (["--ckpt", "{tmp}"], "--ckpt {tmp} is a directory"),
+        (["--ckpt", "{ckpt}", "--round_to", "-2"], "--round_to=-2: round_to must be a positive int"),
+        (["--ckpt", "{ckpt}", "--input_size", "[3, 8]"], "--input_size must be three positive ints C H W"),
+        (["--ckpt", "{ckpt}", "--input_size", "[3, 0, 8]"], "--input_size must be three positive ints C H W"),
+        (["--ckpt", "{ckpt}", "--config", "{tmp}/none.yaml"], "--config {tmp}/none.yaml: no such file"),
+        (["--ckpt", "{ckpt}", "--out", "{tmp}/out"], "--out {tmp}/out is a directory; pass a file path such as"),
+    ],
+)
+def test_prune_checks_its_arguments_before_any_work(args, expected, tmp_path, capsys):
+    ckpt = tmp_path / "fake.ckpt"
+    ckpt.write_bytes(b"not read: the arguments are checked first")
+    (tmp_path / "out").mkdir()
+    fill = {"tmp": str(tmp_path), "ckpt": str(ckpt)}
+    err = _prune_error([a.format(**fill) for a in args], capsys)
+    assert expected.format(**fill) in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+
+
+def test_prune_into_an_existing_folder_leaves_nothing_behind(tmp_path, capsys):
+    """`prune --out <existing dir>` used to fail after the work and leave <dir>.tmp next to it."""
+    ckpt = _train_checkpoint(tmp_path)
+    (tmp_path / "out").mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    _prune_error(["--ckpt", str(ckpt), "--out", str(tmp_path / "out")], capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert not list((tmp_path / "out").iterdir())
+
+
+def test_save_pruned_failures_leave_no_temporary_file(tmp_path, monkeypatch):
+    import torch
+
+    from sss_lightning import save_pruned
+    from tests.test_io import pruned_resnet
+
+    _, pruned = pruned_resnet()
+    (tmp_path / "dir.pt").mkdir()
+    with pytest.raises(IsADirectoryError, match="is a directory; pass a file path"):
+        save_pruned(pruned, tmp_path / "dir.pt")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        save_pruned(pruned, tmp_path / "m.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.pt"]
+
+
+def test_prune_that_removes_nothing_says_how_to_get_zeros(tmp_path, capsys):
+    from sss_lightning import SSSClassifier
+
+    module = SSSClassifier(arch="resnet20", num_classes=4, arch_kwargs={"width": 4}, gamma=0.0)
+    trainer = quiet_trainer(tmp_path, max_steps=2)
+    trainer.fit(module, datamodule=tiny_data())
+    trainer.save_checkpoint(tmp_path / "dense.ckpt")
+    removes_nothing = r"no gate in .*dense\.ckpt is exactly zero, so nothing is removed.*larger gamma"
+    with pytest.warns(UserWarning, match=removes_nothing):
+        main(["prune", "--ckpt", str(tmp_path / "dense.ckpt"), "--out", str(tmp_path / "p.pt")])
+    assert (tmp_path / "p.pt").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--model", "{tmp}/none.pt"], "--model {tmp}/none.pt: no such file"),
+        (["--model", "{model}", "--format", "tflite"], "--format must be one of ('torchscript', 'onnx'), got 'tflite'"),
+        (["--model", "{empty}"], "--model {empty} is empty (0 bytes"),
+        (["--model", "{garbage}"], "--model: cannot read {garbage}: its 18 bytes hold no complete zip archive"),
+        (["--model", "{model}", "--out", "{tmp}/out"], "--out {tmp}/out is a directory"),
+        (["--model", "{model}", "--input_size", "[1, 2, 3, 4]"], "--input_size must be three positive ints"),
+    ],
+)
+def test_export_checks_its_arguments(args, expected, tmp_path, capsys):
+    from sss_lightning import save_pruned
+    from tests.test_io import pruned_resnet
+
+    save_pruned(pruned_resnet()[1], tmp_path / "m.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "garbage.pt").write_bytes(b"no model in here!!")
+    (tmp_path / "out").mkdir()
+    fill = {"tmp": tmp_path, "model": tmp_path / "m.pt", "empty": tmp_path / "empty.pt"}
+    fill["garbage"] = tmp_path / "garbage.pt"
+    with pytest.raises(SystemExit) as exc:
+        main(["export", *[a.format(**fill) for a in args]])
+    assert exc.value.code == 2
+    assert expected.format(**fill) in _error_line(capsys)
+    assert not list((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--names", "[resnet20, resnet9000]"], "--names: unknown model(s) ['resnet9000']; known models: resnet110"),
+        (["--zero_fraction", "1.5"], "--zero_fraction must be in [0, 1]"),
+        (["--zero_fraction", "-0.1"], "--zero_fraction must be in [0, 1]"),
+        (["--num_classes", "0"], "--num_classes must be a positive int, got 0"),
+    ],
+)
+def test_models_checks_its_arguments(args, expected, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["models", *args])
+    assert exc.value.code == 2
+    assert expected in _error_line(capsys)

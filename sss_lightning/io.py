@@ -316,4 +316,5 @@ def load_pruned(path: str | os.PathLike) -> nn.Module:
         ) from err
     model.sss_arch = payload["arch"]
     model.sss_metadata = payload["metadata"]
+    model.sss_pruned = True  # a pruned file's model: prune() of it is a copy, not a "no gates" error
     return model.eval()

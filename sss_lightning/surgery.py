@@ -534,8 +534,28 @@ def prune(model: nn.Module, *, fold_gates: bool = True, round_to: int = 1) -> nn
     exact), which runtimes with blocked memory layouts run faster.
     """
     opts = _Options(fold=fold_gates, round_to=check_round_to(round_to))
+    if next(iter_gates(model), None) is None:
+        if _already_pruned(model):
+            return copy.deepcopy(model)  # prune is idempotent on its own output (and on loaded pruned files)
+        raise SurgeryError(
+            f"prune: {type(model).__name__} has no gates (ChannelGate, GroupGate or BlockGate), so there is "
+            "nothing to prune. Build it with gates (build_model(name, gates='both')) or add them "
+            "(sss_lightning.add_gates(model)), train it with SSSModule so that some reach zero, then prune"
+        )
     pruned = _prune_module(copy.deepcopy(model), "", opts)
     left = [info.name for info in iter_gates(pruned)]
     if left and fold_gates:
         raise SurgeryError(f"gates left after surgery at {left}; their owners' sss_prune() must remove them")
+    if fold_gates:
+        pruned.sss_pruned = True
     return pruned
+
+
+def _already_pruned(model: nn.Module) -> bool:
+    """Whether a network without gates is a pruned one: marked by prune/load_pruned, or a registry
+    network whose construction record asked for gates that are gone (rebuilt from a checkpoint)."""
+    if getattr(model, "sss_pruned", False):
+        return True
+    arch = getattr(model, "sss_arch", None)
+    kwargs = arch.get("kwargs") if isinstance(arch, dict) else None
+    return isinstance(kwargs, dict) and kwargs.get("gates") not in (None, False, "none")

@@ -160,3 +160,61 @@ def test_module_built_with_net_cannot_be_rebuilt_by_the_prune_command(tmp_path, 
 def test_snapshot_files_reload(tmp_path):
     trainer(tmp_path, [PruningSnapshot()], max_epochs=1).fit(tiny(gamma=0.3), datamodule=data())
     assert load_pruned(tmp_path / "snapshots" / "snapshot-epoch001.pt").sss_metadata["epoch"] == 1
+
+
+# --- prune() of a network without gates (issue 17, item 7) -------------------------------------------
+
+
+def test_prune_of_a_network_without_gates_is_an_error_that_says_what_to_do():
+    """Used to return a copy silently: a user pruning the wrong network got no hint."""
+    from sss_lightning import prune
+    from sss_lightning.models import build_model
+    from sss_lightning.surgery import SurgeryError
+
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1))
+    with pytest.raises(SurgeryError, match=r"Sequential has no gates .* nothing to prune.*add_gates"):
+        prune(plain)
+    with pytest.raises(SurgeryError, match=r"CifarResNet has no gates"):
+        prune(build_model("resnet20", width=4, num_classes=4, gates="none"))
+
+
+def test_prune_of_a_pruned_network_is_a_copy(tmp_path):
+    """Pruning stays idempotent on its own output and on loaded pruned files (the callbacks that run
+    during fine-tuning after surgery prune the already-pruned network)."""
+    from sss_lightning import prune, save_pruned
+    from tests.test_surgery import assert_same_outputs
+
+    module = tiny()
+    with torch.no_grad():
+        module.net.layer1[0].gate.scale.zero_()
+    once = prune(module.net).eval()
+    twice = prune(once).eval()
+    assert twice is not once
+    x = torch.randn(2, 3, 8, 8)
+    assert_same_outputs(once, twice, x)
+    save_pruned(once, tmp_path / "p.pt")
+    loaded = load_pruned(tmp_path / "p.pt")
+    assert_same_outputs(loaded, prune(loaded).eval(), x)
+
+
+class ZeroOneBlock(L.Callback):
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            with torch.no_grad():
+                pl_module.net.layer1[0].gate.scale.zero_()
+
+
+def test_monitor_and_snapshots_keep_working_while_fine_tuning_the_pruned_network(tmp_path):
+    from sss_lightning.callbacks import GateMonitor
+
+    surgery = StructuralSurgery(finetune_epochs=1, evaluate=False)
+    monitor = GateMonitor(log_every_n_steps=1, plots=False)
+    callbacks = [ZeroOneBlock(), monitor, PruningSnapshot(every_n_epochs=1), surgery]
+    trainer(tmp_path, callbacks, max_epochs=2, limit_val_batches=1).fit(tiny(gamma=0.5), datamodule=data())
+    assert surgery.done and surgery.report["macs_reduction"] > 0
+    assert monitor.history[-1]["epoch"] == 1  # recorded on the pruned network too
+    assert sorted(p.name for p in (tmp_path / "snapshots").glob("*.pt")) == [
+        "snapshot-epoch001.pt",
+        "snapshot-epoch002.pt",
+    ]
+

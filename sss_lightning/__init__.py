@@ -3,7 +3,7 @@
 from .flops import count_flops
 from .gates import BlockGate, ChannelGate, Gate, GroupGate, gate_parameters, iter_gates, sparsity
 from .io import load_pruned, save_pruned
-from .models import add_gates, build_model, list_models, register_model
+from .models import add_gates, build_model, list_models, rebuildable, register_model
 from .module import SSSClassifier, SSSModule
 from .optim import APG
 from .surgery import prune
@@ -23,6 +23,7 @@ __all__ = [
     "count_flops",
     "load_pruned",
     "prune",
+    "rebuildable",
     "save_pruned",
     "gate_parameters",
     "iter_gates",

@@ -1,14 +1,16 @@
 """Save and reload pruned models as an architecture spec plus a state dict: no pickled modules.
 
-The file holds the registry name and build arguments of the original model, the recipe of every module
-surgery changed (new conv/BN/linear shapes, gates turned into ``Identity``, removed branches), and the
-state dict. Loading rebuilds the original by name, applies the recipes (as timm's
+The file holds the construction record of the original model (a registry name, or the import path of a
+class or builder, with its plain-data arguments), the recipe of every module surgery changed (new
+conv/BN/linear shapes, gates turned into ``Identity``, removed branches), and the state dict. Loading
+rebuilds the original from its record, applies the recipes (as timm's
 ``adapt_model_from_string`` does for its pruned models) and loads the weights strictly, so
 ``torch.load(weights_only=True)`` is all it takes and a fresh process gets identical outputs.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import zipfile
@@ -22,9 +24,17 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .gates import ChannelGate, GroupGate
 from .models.blocks import GatedResidual
-from .models.registry import build_model
+from .models.registry import build_from_record, record_problem
 
-__all__ = ["FORMAT", "save_pruned", "load_pruned", "architecture_spec", "apply_spec", "PrunedFileError"]
+__all__ = [
+    "FORMAT",
+    "save_pruned",
+    "load_pruned",
+    "architecture_spec",
+    "apply_spec",
+    "rebuild_problem",
+    "PrunedFileError",
+]
 
 FORMAT = "sss-lightning/pruned"
 VERSION = 1
@@ -80,49 +90,62 @@ _BUILDERS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
 }
 
 
-def architecture_spec(pruned: nn.Module) -> dict[str, Any]:
-    """What distinguishes ``pruned`` from a fresh build of its registry architecture."""
+def architecture_spec(pruned: nn.Module, base: nn.Module | None = None) -> dict[str, Any]:
+    """What distinguishes ``pruned`` from ``base``: the one description of a shrunk or pruned structure,
+    written into pruned files and into checkpoints alike.
+
+    ``base`` defaults to a fresh build from ``pruned``'s construction record (``pruned.sss_arch``: a
+    registry name, or the import path of a class or builder, with its arguments), which is what a fresh
+    process can rebuild: a network without a usable record raises :class:`PrunedFileError` saying what to
+    add. A checkpoint passes the network as it was built instead, so any network can be resumed.
+    """
     arch = getattr(pruned, "sss_arch", None)
-    if arch is None:
-        raise PrunedFileError(
-            f"{type(pruned).__name__} was not built by sss_lightning.build_model, so there is no architecture "
-            "to rebuild it from; register its builder with @register_model and build it with build_model"
-        )
-    with torch.random.fork_rng(devices=[]):  # a reference build must not move the caller's RNG
-        base = build_model(arch["name"], **arch["kwargs"])
+    if base is None:
+        problem = record_problem(pruned)
+        if problem is not None:
+            raise PrunedFileError(problem)
+        with torch.random.fork_rng(devices=[]):  # a reference build must not move the caller's RNG
+            base = build_from_record(arch)
+    reference = {path: _recipe(module) for path, module in base.named_modules()}
     changed: dict[str, dict[str, Any]] = {}
     for path, module in pruned.named_modules():
         recipe = _recipe(module)
-        try:
-            reference = _recipe(base.get_submodule(path))
-        except AttributeError:
-            reference = None
-        if recipe != reference:
+        if recipe != reference.get(path):
             if recipe["type"] not in _BUILDERS and recipe["type"] != "GatedResidual":
-                raise PrunedFileError(f"cannot record module {path} of type {recipe['type']} in a pruned spec")
+                raise PrunedFileError(
+                    f"cannot record module {path!r} of type {recipe['type']} in a pruned spec: it is not in the "
+                    f"network as built (a {reference.get(path, {}).get('type', 'missing module')} there), and "
+                    f"only {sorted({*_BUILDERS, 'GatedResidual'})} can be rebuilt from a recipe"
+                )
             changed[path] = recipe
-    return {"arch": {"name": arch["name"], "kwargs": dict(arch["kwargs"])}, "modules": changed}
+    return {"arch": copy.deepcopy(arch), "modules": changed}
 
 
-def apply_spec(spec: dict[str, Any]) -> nn.Module:
-    """Build the registry architecture and reshape it as ``spec`` records (weights uninitialised)."""
-    arch = spec["arch"]
+def apply_spec(spec: dict[str, Any], base: nn.Module | None = None) -> nn.Module:
+    """Reshape ``base`` in place as ``spec`` records, or, by default, a fresh build of ``spec["arch"]``
+    (weights of reshaped modules uninitialised: a state dict fills them). Leaves the global RNG alone."""
     with torch.random.fork_rng(devices=[]):  # its weights are overwritten; leave the caller's RNG alone
-        model = build_model(arch["name"], **arch["kwargs"])
-    for path, recipe in sorted(spec["modules"].items(), key=lambda item: item[0].count(".")):
-        if recipe["type"] == "GatedResidual":
-            block = model.get_submodule(path)
-            if not recipe["branch"]:
-                block.branch = None
-            if recipe["branch_bias"] is not None:
-                block.branch_bias = torch.zeros(recipe["branch_bias"])
-            continue
-        try:
-            model.get_submodule(path.rpartition(".")[0])
-        except AttributeError:
-            continue  # inside a branch removed above
-        model.set_submodule(path, _BUILDERS[recipe["type"]](recipe))
+        model = build_from_record(spec["arch"]) if base is None else base
+        for path, recipe in sorted(spec["modules"].items(), key=lambda item: item[0].count(".")):
+            if recipe["type"] == "GatedResidual":
+                block = model.get_submodule(path)
+                if not recipe["branch"]:
+                    block.branch = None
+                if recipe["branch_bias"] is not None:
+                    block.branch_bias = torch.zeros(recipe["branch_bias"])
+                continue
+            try:
+                model.get_submodule(path.rpartition(".")[0])
+            except AttributeError:
+                continue  # inside a branch removed above
+            model.set_submodule(path, _BUILDERS[recipe["type"]](recipe))
     return model
+
+
+def rebuild_problem(model: nn.Module) -> str | None:
+    """Why a pruned form of ``model`` could not be saved and reloaded in a fresh process (what to add to
+    make it possible), or ``None`` when it can: the callbacks that write pruned files ask before training."""
+    return record_problem(model)
 
 
 def save_pruned(model: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:

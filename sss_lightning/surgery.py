@@ -478,6 +478,17 @@ def _prune_residual(block: GatedResidual, where: str, opts: _Options) -> GatedRe
     return GatedResidual(result, shortcut=shortcut, gate=gate, post_act=block.post_act, branch_bias=bias)
 
 
+def _refill(container: nn.Sequential, layers: nn.Module | Tensor) -> nn.Module | Tensor:
+    """Put the cut ``layers`` back into ``container`` (surgery's own copy) under its original keys, so a
+    subclass of ``nn.Sequential`` (``VGG``) keeps its class and attributes (such as the construction
+    record ``sss_arch`` that saving needs) and named members keep their state-dict keys."""
+    if not isinstance(layers, nn.Sequential) or len(layers) != len(container):
+        return layers
+    for key, layer in zip(list(container._modules), layers, strict=True):
+        container._modules[key] = layer
+    return container
+
+
 def _prune_children(module: nn.Module, where: str, opts: _Options) -> nn.Module:
     for name, child in module.named_children():
         setattr(module, name, _prune_module(child, f"{where}.{name}" if where else name, opts))
@@ -512,7 +523,8 @@ def _prune_module(module: nn.Module, where: str, opts: _Options) -> nn.Module:
             "sss_prune() method"
         )
     if isinstance(module, nn.Sequential) and any(isinstance(m, Gate) for m in module):
-        return prune_sequential(_prune_non_gates(module, where, opts), where=where or "model", **opts.sequential())
+        cut = prune_sequential(_prune_non_gates(module, where, opts), where=where or "model", **opts.sequential())
+        return _refill(module, cut)
     return _prune_children(module, where, opts)
 
 

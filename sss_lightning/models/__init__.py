@@ -4,7 +4,7 @@ from .add_gates import add_gates
 from .blocks import GatedResidual
 from .cifar_resnet import CifarResNet
 from .imagenet_resnet import ImageNetResNet
-from .registry import build_model, default_input_size, list_models, register_model
+from .registry import build_model, default_input_size, list_models, rebuildable, register_model
 from .resnext import ResNeXt
 from .vgg import VGG
 
@@ -18,5 +18,6 @@ __all__ = [
     "build_model",
     "default_input_size",
     "list_models",
+    "rebuildable",
     "register_model",
 ]

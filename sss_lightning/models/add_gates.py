@@ -5,20 +5,27 @@ Each torchvision ``BasicBlock``/``Bottleneck`` (ResNet, ResNeXt, Wide ResNet) is
 requested gates, and our own gate-less ``GatedResidual`` blocks get gates inserted. The result goes
 through the same surgery as the built-in models. State-dict keys of the blocks change
 (``layer1.0.conv1.weight`` becomes ``layer1.0.branch.0.weight``): load pretrained weights before.
+
+To save the pruned model and reload it in a fresh process, the gated model needs a construction record:
+``add_gates("resnet18", kinds, num_classes=10)`` builds the torchvision model itself and records the
+builder, its arguments and the kinds; ``add_gates(model, kinds)`` extends the record ``model`` already has
+(a registry or :func:`~sss_lightning.models.registry.rebuildable` model). A bare torchvision instance has
+none, and the callbacks that save files say so, with this fix, before training starts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from ..gates import BlockGate, ChannelGate, Gate, GroupGate
 from .blocks import GatedResidual
-from .registry import register_model
+from .registry import build_from_record, import_path, register_model
 
-__all__ = ["add_gates", "GATE_KIND_NAMES"]
+__all__ = ["add_gates", "gated_model", "GATE_KIND_NAMES"]
 
 GATE_KIND_NAMES = ("block", "channel", "group")
 
@@ -94,13 +101,41 @@ def _into_own_block(block: GatedResidual, kinds: set[str], where: str) -> GatedR
     )
 
 
-def add_gates(model: nn.Module, kinds: Sequence[str] = ("block",)) -> nn.Module:
+def _torchvision(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """``torchvision.models.<name>(**kwargs)``, recorded without ``weights``: a pruned file holds its own."""
+    import torchvision
+
+    try:
+        builder = torchvision.models.get_model_builder(name)
+    except ValueError as err:
+        raise ValueError(
+            f"add_gates({name!r}): {err}; pass a torchvision.models builder name such as 'resnet18' or "
+            "'resnext50_32x4d', or an nn.Module"
+        ) from None
+    model = builder(**kwargs)
+    recorded = {k: v for k, v in kwargs.items() if k != "weights"}
+    model.sss_arch = {"name": import_path(builder), "kwargs": recorded}
+    return model
+
+
+def add_gates(model: nn.Module | str, kinds: Sequence[str] = ("block",), **builder_kwargs: Any) -> nn.Module:
     """Insert SSS gates of the given ``kinds`` ("block", "channel", "group") into ``model`` in place.
+
+    ``model`` may also be a torchvision builder name (``add_gates("resnet18", num_classes=10)``): the model
+    is built with ``builder_kwargs`` and the call is recorded, so its pruned form can be saved and reloaded
+    in a fresh process (``weights=`` is used for the build but not recorded: the file holds the weights).
 
     Raises ``ValueError`` naming the module path when a block cannot take a requested kind, and when the
     model has no block this function knows (then declare the gates in your own modules instead).
     """
     wanted = _check_kinds(kinds)
+    if isinstance(model, str):
+        model = _torchvision(model, builder_kwargs)
+    elif builder_kwargs:
+        raise TypeError(
+            f"add_gates got builder arguments {sorted(builder_kwargs)} with an already built "
+            f"{type(model).__name__}; they are for a builder name: add_gates('resnet18', kinds, num_classes=10)"
+        )
     targets = [(name, m) for name, m in model.named_modules() if isinstance(m, (BasicBlock, Bottleneck, GatedResidual))]
     if not targets:
         raise ValueError(
@@ -115,7 +150,27 @@ def add_gates(model: nn.Module, kinds: Sequence[str] = ("block",)) -> nn.Module:
         else:
             new = _from_torchvision(block, wanted, where)
         model.set_submodule(name, new)
+    _record_gating(model, sorted(wanted))
     return model
+
+
+def gated_model(base: dict[str, Any], kinds: list[str]) -> nn.Module:
+    """The model the construction record ``base`` describes, with gates of ``kinds`` added: how a model
+    gated by :func:`add_gates` is rebuilt in a fresh process (its record names this function)."""
+    return add_gates(build_from_record(base), kinds)
+
+
+def _record_gating(model: nn.Module, kinds: list[str]) -> None:
+    base = getattr(model, "sss_arch", None)
+    if base is not None:
+        model.sss_arch = {"name": import_path(gated_model), "kwargs": {"base": base, "kinds": kinds}}
+        return
+    model.sss_arch_problem = (
+        f"this {type(model).__name__} was gated by add_gates(model, kinds={kinds}), but how the model itself was "
+        "built is not recorded, so a fresh process cannot rebuild it. Fix: let add_gates build it, "
+        f"add_gates('<torchvision builder, e.g. resnet18>', kinds={kinds}, num_classes=...) with the builder's "
+        "keyword arguments, or build it in a class decorated with @sss_lightning.rebuildable"
+    )
 
 
 def _torchvision_builder(fn_name: str):

@@ -29,6 +29,26 @@ def smallest_gates(net: torch.nn.Module, k: int = 5) -> list[tuple[str, float]]:
     return sorted(values, key=lambda item: abs(item[1]))[:k]
 
 
+def _batch_limit(limit: int | float, loader: Any) -> float:
+    """How many batches of ``loader`` the Trainer's ``limit_val_batches`` allows (int: a count, float: a
+    fraction of the loader, as Lightning reads it)."""
+    if isinstance(limit, int):
+        return limit
+    try:
+        length = len(loader)
+    except TypeError:  # an iterable dataset: only 1.0 (all) or a count is meaningful
+        return float("inf") if limit >= 1.0 else 0
+    return length if limit >= 1.0 else int(length * limit)
+
+
+def _default_dirpath(trainer: L.Trainer) -> str:
+    """Where the pruned model goes without ``dirpath``: the run's log folder as Lightning's ModelCheckpoint
+    chooses it (``trainer.log_dir``: e.g. ``lightning_logs/version_3`` or the logger's save_dir), else the
+    trainer's ``default_root_dir``; never whatever the current directory happens to be."""
+    log_dir = trainer.log_dir if trainer.loggers else None
+    return log_dir or trainer.default_root_dir
+
+
 class StructuralSurgery(Callback):
     """Replace ``pl_module.net`` by ``prune(pl_module.net)``, report and save it.
 
@@ -40,7 +60,8 @@ class StructuralSurgery(Callback):
     and writes the pruned model (registry models) to ``dirpath/filename``.
 
     Args:
-        dirpath: folder of the pruned model; default: the trainer's ``default_root_dir``.
+        dirpath: folder of the pruned model; default: the run's log folder (``trainer.log_dir``, as
+            ModelCheckpoint), else the trainer's ``default_root_dir``.
         filename: file name of the pruned model.
         input_size: ``(C, H, W)`` for FLOPs; default: the shape the module recorded from its training batches.
         finetune_epochs: epochs at the end of ``max_epochs`` that fine-tune the pruned network.
@@ -171,10 +192,21 @@ class StructuralSurgery(Callback):
         net = pl_module.net
         was_training = net.training
         net.eval()
+        seen = 0
         for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
-            for x, y in loader:
+            limit = _batch_limit(trainer.limit_val_batches, loader)
+            for i, (x, y) in enumerate(loader):
+                if i >= limit:  # the Trainer's limit_val_batches (and fast_dev_run) hold here too
+                    break
                 metric.update(net(x.to(pl_module.device)), y.to(pl_module.device))
+                seen += 1
         net.train(was_training)
+        if not seen:
+            rank_zero_warn(
+                f"StructuralSurgery(evaluate=True): limit_val_batches={trainer.limit_val_batches} leaves no "
+                "validation batch to evaluate the pruned network on; raise it or set evaluate=False"
+            )
+            return
         self.report["val_acc"] = float(metric.compute())
         rank_zero_info(f"pruned network, validation accuracy: {self.report['val_acc']:.4f}")
         for logger in trainer.loggers:
@@ -184,7 +216,7 @@ class StructuralSurgery(Callback):
         if getattr(pruned, "sss_arch", None) is None:
             rank_zero_warn("StructuralSurgery: the network is not a registry model, so the pruned model is not saved")
             return
-        path = Path(self.dirpath or trainer.default_root_dir) / self.filename
+        path = Path(self.dirpath or _default_dirpath(trainer)) / self.filename
         if trainer.is_global_zero:
             save_pruned(pruned, path, metadata=metadata)
         self.saved_path = path

@@ -7,6 +7,8 @@ before the function returns, so a file that would compute something else is neve
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +19,14 @@ from torch import nn
 __all__ = ["FORMATS", "export_model"]
 
 FORMATS = ("torchscript", "onnx")
+_SUFFIX = {"torchscript": ".ts", "onnx": ".onnx"}
+
+
+def _positive_int(value: object) -> bool:
+    try:
+        return not isinstance(value, bool) and int(value) == value and int(value) >= 1
+    except (TypeError, ValueError):
+        return False
 
 
 def _example(model: nn.Module, input_size: Sequence[int], batch: int) -> torch.Tensor:
@@ -42,15 +52,37 @@ def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor | None:
 def export_model(
     model: nn.Module, path: str | os.PathLike, input_size: Sequence[int], fmt: str = "torchscript", atol: float = 1e-4
 ) -> tuple[Path, float | None]:
-    """Export ``model`` (eval mode) to ``path``; returns the path and the max abs output difference against
-    the eager model on a batch of 3 (``None`` for ONNX without onnxruntime to run it)."""
+    """Export ``model`` (traced in eval mode) to ``path``; returns the path and the max abs output difference
+    against the eager model on a batch of 3 (``None`` for ONNX without onnxruntime to run it).
+
+    The file is written under a temporary name next to ``path`` and only renamed once it is checked, so a
+    failed or interrupted export leaves neither a wrong file nor a temporary one. ``model``'s train/eval
+    mode is restored afterwards.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-    if len(input_size) != 3:
-        raise ValueError(f"input_size must be (C, H, W), got {tuple(input_size)}")
+    if len(input_size) != 3 or not all(_positive_int(s) for s in input_size):
+        raise ValueError(f"input_size must be (C, H, W) of positive ints, got {tuple(input_size)}")
     path = Path(path)
+    if path.is_dir():
+        example = path / f"model{_SUFFIX[fmt]}"
+        raise IsADirectoryError(f"export: {path} is a directory; pass a file path such as {example}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
+    was_training = model.training
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        model.eval()
+        tmp = staging / path.name  # the final name: ONNX external-data files refer to it
+        diff = _export_and_check(model, tmp, input_size, fmt, atol)
+        for produced in staging.iterdir():  # the model file, and any external data written beside it
+            os.replace(produced, path.parent / produced.name)
+    finally:
+        model.train(was_training)
+        shutil.rmtree(staging, ignore_errors=True)
+    return path, diff
+
+
+def _export_and_check(model: nn.Module, path: Path, input_size: Sequence[int], fmt: str, atol: float) -> float | None:
     with torch.no_grad():
         if fmt == "torchscript":
             with warnings.catch_warnings():
@@ -74,10 +106,9 @@ def export_model(
         x = _example(model, input_size, 3)
         exported = _run_torchscript(path, x) if fmt == "torchscript" else _run_onnx(path, x)
         if exported is None:
-            return path, None
+            return None
         reference = model(x).cpu()
         diff = float((exported.cpu() - reference).abs().max())
     if diff > atol * max(1.0, float(reference.abs().max())):
-        path.unlink()
         raise RuntimeError(f"the {fmt} export of {type(model).__name__} differs from the model by {diff:.3g}; not kept")
-    return path, diff
+    return diff

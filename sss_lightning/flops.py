@@ -49,10 +49,10 @@ _MAC_HANDLES = {
 class FlopReport:
     """MACs and parameters of a model for one input size, with MACs per top-level child ("stage")."""
 
-    macs: int
+    macs: int | float  # a float only when an op handle counts fractions (fvcore's are whole numbers)
     params: int
     input_size: tuple[int, ...]
-    stages: dict[str, int] = field(default_factory=dict)
+    stages: dict[str, int | float] = field(default_factory=dict)
 
     def as_dict(self, prefix: str = "") -> dict[str, float]:
         """Flat numbers for a logger: ``{prefix}macs``, ``{prefix}params``, ``{prefix}macs/<stage>``."""
@@ -94,9 +94,15 @@ def count_flops(model: nn.Module, input_size: Sequence[int]) -> FlopReport:
             total = analysis.total()
     finally:
         model.train(was_training)
-    stages = {name: int(by_module.get(name, 0)) for name, _ in model.named_children()}
+    stages = {name: _exact(by_module.get(name, 0)) for name, _ in model.named_children()}
     params = sum(p.numel() for p in model.parameters())
-    return FlopReport(macs=int(total), params=params, input_size=size[1:], stages=stages)
+    return FlopReport(macs=_exact(total), params=params, input_size=size[1:], stages=stages)
+
+
+def _exact(count: float) -> int | float:
+    """An op count as it is: an int when whole, else the float (``int()`` would turn 3.5 MACs into 3)."""
+    value = float(count)
+    return int(value) if value.is_integer() else value
 
 
 class MacEstimator:

@@ -218,3 +218,86 @@ def test_monitor_and_snapshots_keep_working_while_fine_tuning_the_pruned_network
         "snapshot-epoch002.pt",
     ]
 
+
+# --- StructuralSurgery, count_flops and export_model (issue 17, items 8 and 9) --------------------------
+
+
+class CountingSurgery(StructuralSurgery):
+    """Counts the batches its post-surgery evaluation runs the pruned network on."""
+
+    def _evaluate(self, trainer, pl_module):
+        self.batches = 0
+
+        def count(module, inputs):
+            self.batches += 1
+
+        hook = pl_module.net.register_forward_pre_hook(count)
+        try:
+            super()._evaluate(trainer, pl_module)
+        finally:
+            hook.remove()
+
+
+@pytest.mark.filterwarnings("ignore:StructuralSurgery. no gate reached exactly zero")
+@pytest.mark.parametrize("limit, expected", [(2, 2), (0.25, 2), (1.0, 8)])
+def test_surgery_evaluation_honours_limit_val_batches(tmp_path, limit, expected):
+    """It used to run the pruned network over the whole validation set whatever limit_val_batches said."""
+    surgery = CountingSurgery()
+    t = trainer(tmp_path, [surgery], max_steps=1, limit_val_batches=limit, num_sanity_val_steps=0)
+    t.fit(tiny(gamma=0.3), datamodule=data(val_size=128))  # 8 validation batches of 16
+    assert surgery.batches == expected
+    assert 0.0 <= surgery.report["val_acc"] <= 1.0
+
+
+def test_count_flops_keeps_fractional_macs(monkeypatch):
+    """A handle counting 3.5 MACs used to be reported as 3 (int() truncation)."""
+    from sss_lightning import count_flops, flops
+
+    monkeypatch.setitem(flops._MAC_HANDLES, "aten::linear", lambda inputs, outputs: 3.5)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    report = count_flops(model, (1, 2, 2))
+    assert report.macs == 3.5 and report.stages["1"] == 3.5
+    monkeypatch.setitem(flops._MAC_HANDLES, "aten::linear", lambda inputs, outputs: 12)
+    assert count_flops(model, (1, 2, 2)).macs == 12 and isinstance(count_flops(model, (1, 2, 2)).macs, int)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_export_restores_the_callers_train_or_eval_mode(tmp_path, training):
+    """export_model used to leave a training model in eval mode (BN statistics then stop updating)."""
+    from sss_lightning.export import export_model
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+    model.train(training)
+    path, diff = export_model(model, tmp_path / "m.ts", (3, 8, 8))
+    assert path.is_file() and diff is not None
+    assert model.training is training and model[1].training is training
+
+
+def test_a_failed_export_leaves_no_file_and_no_temporary(tmp_path):
+    from sss_lightning.export import export_model
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)).train()
+    with pytest.raises(RuntimeError, match="differs from the model by .*not kept"):
+        export_model(model, tmp_path / "m.ts", (3, 8, 8), atol=-1.0)  # no export can pass a negative tolerance
+    assert list(tmp_path.iterdir()) == [] and model.training
+
+
+@pytest.mark.filterwarnings("ignore:StructuralSurgery. no gate reached exactly zero")
+def test_surgery_without_dirpath_writes_into_the_run_folder_not_the_current_directory(tmp_path, monkeypatch):
+    """With a logger: the logger's run folder (where ModelCheckpoint puts checkpoints/); without one, the
+    trainer's default_root_dir; never the directory the process happens to run in."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    logger = CSVLogger(save_dir=tmp_path / "logs", name="run")
+    t = L.Trainer(logger=logger, callbacks=[StructuralSurgery()], max_steps=1, enable_progress_bar=False,
+                  enable_model_summary=False, enable_checkpointing=False, limit_val_batches=1)  # fmt: skip
+    t.fit(tiny(gamma=0.3), datamodule=data())
+    assert (tmp_path / "logs" / "run" / "version_0" / "pruned.pt").is_file()
+    assert not (cwd / "pruned.pt").exists()
+    root = tmp_path / "root"
+    trainer(root, [StructuralSurgery()], max_steps=1, limit_val_batches=1).fit(tiny(gamma=0.3), datamodule=data())
+    assert (root / "pruned.pt").is_file()
+    assert not (cwd / "pruned.pt").exists()

@@ -8,10 +8,11 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
 from typing_extensions import override
 
 from sss_lightning.flops import MacEstimator
-from sss_lightning.io import save_pruned
+from sss_lightning.io import rebuild_problem, save_pruned
 from sss_lightning.surgery import check_round_to, prune
 
 from .input_size import check_input_size, require_input_size
@@ -21,7 +22,9 @@ class PruningSnapshot(Callback):
     """Every ``every_n_epochs`` epochs (or at the listed ``epochs``), save ``prune(net)`` to ``dirpath``.
 
     Surgery works on a deep copy, so the live network, its optimizer state and the training trajectory
-    are not touched. Each file carries the epoch, step, MACs, params and the epoch's validation metrics in
+    are not touched. The files reload in a fresh process (``load_pruned``), so the network needs a
+    construction record; when it has none this callback says what to add when the fit is set up, before
+    any training. Each file carries the epoch, step, MACs, params and the epoch's validation metrics in
     its metadata (``load_pruned(path).sss_metadata``), and a row is added to ``dirpath/snapshots.md``.
 
     Args:
@@ -50,6 +53,17 @@ class PruningSnapshot(Callback):
         self.input_size = check_input_size(input_size)
         self.round_to = check_round_to(round_to)
         self.rows: list[dict[str, Any]] = []
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        net = getattr(pl_module, "net", None)
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"PruningSnapshot needs a LightningModule with a .net network (an SSSModule), got {net!r}")
+        problem = rebuild_problem(net)
+        if problem is not None:
+            raise ValueError(f"PruningSnapshot cannot write pruned files that reload: {problem}")
 
     def _due(self, epoch: int) -> bool:
         if self.epochs is not None:

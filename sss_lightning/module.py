@@ -7,20 +7,23 @@ by passing ``net=`` or by subclassing and overriding :meth:`SSSModule.build_netw
 
 from __future__ import annotations
 
+import copy
 import importlib
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from .flops import structure_costs
 from .gates import gate_parameters, has_gates, iter_gates, sparsity
-from .io import apply_spec, architecture_spec
-from .models.registry import build_model
+from .io import apply_spec, architecture_spec, rebuild_problem
+from .models.registry import build_model, import_path, resolve_import_path
 from .optim import APG, validate_hparams
 from .rescale import gate_pairs, rescale_gates
 from .shrink import carry_optimizer_state, carry_scheduler_state, rewrap_distributed, slice_sources
@@ -126,6 +129,8 @@ class SSSModule(L.LightningModule):
         self.gate_nonnegative = gate_nonnegative
 
         self.net = net if net is not None else self.build_network()
+        if net is None:
+            _record_built_network(self)
         if not isinstance(self.net, nn.Module):
             raise TypeError(f"the network must be an nn.Module, got {type(self.net).__name__}")
         if not has_gates(self.net):
@@ -240,10 +245,24 @@ class SSSModule(L.LightningModule):
     def get_extra_state(self) -> dict[str, Any]:
         """Kept in the state dict so that every way of loading it (resume, ``load_from_checkpoint``, the
         weights ddp_spawn hands back to the main process) first reshapes the network to match: the
-        architecture after surgery or shrink, and which gates are frozen (outside the optimizer)."""
+        architecture after surgery or shrink, and which gates are frozen (outside the optimizer).
+
+        The architecture is :func:`~sss_lightning.io.architecture_spec`, the description pruned files
+        hold too, taken against the network as this module built it: loading applies it to the network
+        the loading module builds, so any network resumes, registry or not, recorded or not."""
         spec = None
-        if (self._reshaped or not has_gates(self.net)) and getattr(self.net, "sss_arch", None) is not None:
-            spec = architecture_spec(self.net)
+        if self._reshaped or not has_gates(self.net):
+            built = getattr(self, "_as_built", None)
+            if built is not None:
+                spec = architecture_spec(self.net, base=built[0])
+            elif rebuild_problem(self.net) is None:  # ``net`` was assigned directly, not by replace_network
+                spec = architecture_spec(self.net)
+            else:
+                rank_zero_warn(
+                    f"SSSModule: the network was replaced by assigning module.net, so this checkpoint cannot record "
+                    f"how it differs from the network as built and will not reload into it. Fix: replace it with "
+                    f"module.replace_network(net). ({rebuild_problem(self.net)})"
+                )
         frozen = [info.name for info in iter_gates(self.net) if not info.module.scale.requires_grad]
         return {"architecture": spec, "frozen_gates": frozen}
 
@@ -251,10 +270,17 @@ class SSSModule(L.LightningModule):
         # torch loads a module's own state before its children's, so the new network receives the weights
         if not isinstance(state, dict):
             return
-        if state.get("architecture"):
+        spec = state.get("architecture")
+        if spec or self._reshaped:
             param = next(self.net.parameters())
-            self.net = apply_spec(state["architecture"]).to(device=param.device, dtype=param.dtype)
-            self._reshaped = True
+            if self._reshaped:  # loaded into a module whose network was already replaced: start from the built one
+                base = _materialise(self._as_built[0], param.device)
+            else:
+                self._remember_as_built()
+                base = self.net
+            net = apply_spec(spec, base=base) if spec else base
+            self.net = net.to(device=param.device, dtype=param.dtype)
+            self._reshaped = bool(spec)
         frozen = set(state.get("frozen_gates") or [])
         for info in iter_gates(self.net):
             info.module.scale.requires_grad_(info.name not in frozen)
@@ -282,9 +308,24 @@ class SSSModule(L.LightningModule):
 
     def replace_network(self, net: nn.Module) -> None:
         """Swap in a reshaped network (surgery or shrink); checkpoints then record its architecture."""
+        if not self._reshaped:
+            self._remember_as_built()
         param = next(self.net.parameters(), None)
         self.net = net if param is None else net.to(param.device)
         self._reshaped = True
+
+    def network_as_built(self) -> nn.Module:
+        """A copy of the network's structure as this module built it, before any shrink or surgery (its
+        weights are zeros: for counting what the reshaping saved, not for running)."""
+        built = getattr(self, "_as_built", None)
+        if built is None:
+            return _materialise(_skeleton(self.net), torch.device("cpu"))
+        return _materialise(built[0], torch.device("cpu"))
+
+    def _remember_as_built(self) -> None:
+        """Keep the structure of the network as built (on the meta device: no memory), before it is first
+        reshaped: checkpoints describe the reshaped network relative to it."""
+        self._as_built = (_skeleton(self.net),)  # a tuple: not registered as a submodule
 
     def shrink(self) -> dict[str, int]:
         """Mid-fit, replace the network by its sliced form (zero structures removed, surviving gates kept)
@@ -401,6 +442,57 @@ class SSSClassifier(SSSModule):
 
     def build_network(self) -> nn.Module:
         return build_model(self.arch, **self.arch_kwargs)
+
+
+def network_of(module: dict[str, Any]) -> nn.Module:
+    """The network an SSSModule subclass builds in ``build_network()``, from the subclass's construction
+    record ``{"name": "package.module:Class", "kwargs": hyper-parameters}``: how a pruned file of such a
+    network is rebuilt in a fresh process (its record names this function)."""
+    cls = resolve_import_path(module["name"])
+    kwargs = dict(module["kwargs"])
+    parameters = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in parameters}  # as load_from_checkpoint does
+    return cls(**kwargs).net
+
+
+def _record_built_network(module: SSSModule) -> None:
+    """Give a network that ``build_network()`` returned without a construction record its module's:
+    the subclass's import path and hyper-parameters (checked by ``rebuild_problem`` where it matters)."""
+    net = module.net
+    if isinstance(net, nn.Module) and getattr(net, "sss_arch", None) is None:
+        record = {"name": import_path(type(module)), "kwargs": dict(module.hparams)}
+        net.sss_arch = {"name": import_path(network_of), "kwargs": {"module": record}}
+
+
+def _skeleton(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` whose parameters and persistent buffers are on the meta device (no memory)."""
+    memo: dict[int, Any] = {}
+    for m in net.modules():
+        for p in m._parameters.values():
+            if p is not None and id(p) not in memo:
+                memo[id(p)] = nn.Parameter(p.detach().to("meta"), requires_grad=p.requires_grad)
+        for name, b in m._buffers.items():
+            if b is not None and name not in m._non_persistent_buffers_set:
+                memo.setdefault(id(b), b.detach().to("meta"))
+    return copy.deepcopy(net, memo)
+
+
+def _materialise(skeleton: nn.Module, device: torch.device) -> nn.Module:
+    """A real copy of a :func:`_skeleton`, its tensors allocated on ``device`` and zero (a state dict
+    fills them); tied parameters stay tied."""
+    net = copy.deepcopy(skeleton)
+    made: dict[int, Tensor] = {}
+    for m in net.modules():
+        for name, p in m._parameters.items():
+            if p is not None and p.is_meta:
+                made.setdefault(id(p), nn.Parameter(torch.zeros_like(p, device=device), p.requires_grad))
+                m._parameters[name] = made[id(p)]
+        for name, b in m._buffers.items():
+            if b is not None and b.is_meta:
+                made.setdefault(id(b), torch.zeros_like(b, device=device))
+                m._buffers[name] = made[id(b)]
+    return net
 
 
 def load_sss_checkpoint(path: str | Path) -> tuple[SSSModule, dict[str, Any]]:

@@ -14,8 +14,7 @@ from typing_extensions import override
 
 from sss_lightning.flops import comparison_dict, count_flops, format_comparison
 from sss_lightning.gates import iter_gates
-from sss_lightning.io import save_pruned
-from sss_lightning.models.registry import build_model
+from sss_lightning.io import rebuild_problem, save_pruned
 from sss_lightning.surgery import check_round_to, prune
 
 from .input_size import check_input_size, require_input_size
@@ -57,12 +56,13 @@ class StructuralSurgery(Callback):
     that holds only its parameters (Nesterov SGD, cosine from ``finetune_lr``, default: the weights'
     current learning rate); the regular validation loop then evaluates the pruned network. Either way
     it prints the MACs/params table before/after (per stage too), logs the numbers under ``surgery/``,
-    and writes the pruned model (registry models) to ``dirpath/filename``.
+    and writes the pruned model to ``dirpath/filename`` (reloadable in a fresh process with ``load_pruned``;
+    a network without a construction record is refused when the fit is set up, with what to add).
 
     Args:
         dirpath: folder of the pruned model; default: the run's log folder (``trainer.log_dir``, as
             ModelCheckpoint), else the trainer's ``default_root_dir``.
-        filename: file name of the pruned model.
+        filename: file name of the pruned model; ``None`` keeps the pruned network in memory only.
         input_size: ``(C, H, W)`` for FLOPs; default: the shape the module recorded from its training batches.
         finetune_epochs: epochs at the end of ``max_epochs`` that fine-tune the pruned network.
         finetune_lr: learning rate of the fine-tuning optimizer.
@@ -82,8 +82,10 @@ class StructuralSurgery(Callback):
         evaluate: bool = True,
         round_to: int = 1,
     ) -> None:
-        if not filename or os.sep in filename:
-            raise ValueError(f"filename must be a plain file name, got {filename!r}; put folders in dirpath")
+        if filename is not None and (not isinstance(filename, str) or not filename or os.sep in filename):
+            raise ValueError(
+                f"filename must be a plain file name (or None: no file), got {filename!r}; put folders in dirpath"
+            )
         if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int) or finetune_epochs < 0:
             raise ValueError(f"finetune_epochs must be an int >= 0, got {finetune_epochs!r}")
         if finetune_lr is not None and not finetune_lr > 0:
@@ -102,6 +104,22 @@ class StructuralSurgery(Callback):
 
     def _input_size(self, pl_module: L.LightningModule) -> list[int]:
         return require_input_size(self.input_size, pl_module, "StructuralSurgery")
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or self.filename is None:
+            return
+        net = getattr(pl_module, "net", None)
+        if not isinstance(net, torch.nn.Module):
+            raise TypeError(
+                f"StructuralSurgery needs a LightningModule with a .net network (an SSSModule), got {net!r}"
+            )
+        problem = rebuild_problem(net)
+        if problem is not None:
+            raise ValueError(
+                f"StructuralSurgery cannot write a pruned file that reloads: {problem}. Or pass filename=None to "
+                "keep the pruned network in memory without writing a file"
+            )
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -158,7 +176,7 @@ class StructuralSurgery(Callback):
             )
         size = self._input_size(pl_module)
         pruned = prune(net, round_to=self.round_to)
-        before, after = count_flops(self._as_built(net, shrunk), size), count_flops(pruned, size)
+        before, after = count_flops(self._as_built(pl_module, net, shrunk), size), count_flops(pruned, size)
         replace = getattr(pl_module, "replace_network", None)
         if callable(replace):
             replace(pruned)
@@ -171,14 +189,13 @@ class StructuralSurgery(Callback):
         return True
 
     @staticmethod
-    def _as_built(net: torch.nn.Module, shrunk: bool) -> torch.nn.Module:
-        """The network to report "before" numbers for: after an in-training shrink, the registry
-        architecture as it was built (else the table would compare the already smaller one with itself)."""
-        arch = getattr(net, "sss_arch", None)
-        if not shrunk or arch is None:
+    def _as_built(pl_module: L.LightningModule, net: torch.nn.Module, shrunk: bool) -> torch.nn.Module:
+        """The network to report "before" numbers for: after an in-training shrink, the architecture as
+        the module built it (else the table would compare the already smaller one with itself)."""
+        as_built = getattr(pl_module, "network_as_built", None)
+        if not shrunk or not callable(as_built):
             return net
-        with torch.random.fork_rng(devices=[]):  # a reference build must not move the training RNG
-            return build_model(arch["name"], **arch["kwargs"])
+        return as_built()
 
     @torch.no_grad()
     def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -213,8 +230,7 @@ class StructuralSurgery(Callback):
             logger.log_metrics({"surgery/val_acc": self.report["val_acc"]}, step=trainer.global_step)
 
     def _save(self, trainer: L.Trainer, pruned: torch.nn.Module, metadata: dict[str, Any]) -> None:
-        if getattr(pruned, "sss_arch", None) is None:
-            rank_zero_warn("StructuralSurgery: the network is not a registry model, so the pruned model is not saved")
+        if self.filename is None:
             return
         path = Path(self.dirpath or _default_dirpath(trainer)) / self.filename
         if trainer.is_global_zero:

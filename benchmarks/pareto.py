@@ -1,97 +1,131 @@
-"""Accuracy vs MACs: SSS against Network Slimming, L1-norm filter pruning and uniform shrinking.
+"""Accuracy vs MACs, protocol v2: one-pass SSS against uniform width, Network Slimming and DepGraph.
 
-    python -m benchmarks.pareto                                   # ResNet-20 on Fashion-MNIST, 2 seeds
-    python -m benchmarks.pareto --arch resnet56 --batches_per_epoch 60
-    python -m benchmarks.pareto --dataset cifar10 --epochs 160 --finetune_epochs 40 --batches_per_epoch 391  # GPU
-    python -m benchmarks.pareto --dataset synthetic --epochs 2 --batches_per_epoch 4 --seeds [0]   # smoke
+    python -m benchmarks.pareto                                # ResNet-20, full Fashion-MNIST, 4 epochs, seeds 0-2
+    python -m benchmarks.pareto --seeds [0] --methods [unpruned,sss]          # a subset; the log keeps the rest
+    python -m benchmarks.pareto --dataset synthetic --epochs 2 --batches_per_epoch 3 --seeds [0]   # smoke
 
-Every method trains the same architecture from the same seed and data order for the same number of
-epochs: SSS (gates on blocks and channels, one gamma per point) trains and prunes in one pass; SSS +
-MacsBudget steers gamma to a MACs target (one per point) by the epoch where the pruners cut, then trains
-the frozen, shrunk structure for the remaining epochs; Network
-Slimming (L1 on BN scales) and L1-norm filter pruning train for ``epochs - finetune_epochs`` epochs, cut
-the lowest-scored channels (one fraction per point) with the same surgery, and fine-tune for the rest;
-uniform shrinking trains a thinner network (one width per point) from scratch; the unpruned network is
-the reference. Validation accuracy is on the full 10k test split, once, at the end.
+Every method trains ResNet-20 from the same initialisation and data order for a seed (paired: seed
+``s`` builds every network after ``seed_everything(s)``, and the data order depends on the seed alone)
+for the same number of optimizer steps, ``epochs x batches_per_epoch`` (the default is the whole
+Fashion-MNIST train split, 469 batches of 128, four times):
 
-Each finished run is appended to ``<out>.runs.jsonl``, and runs found there are not repeated: a killed
-sweep continues where it stopped. The table (mean over seeds), JSON and a PNG are written at the end.
+* ``unpruned``: the full network (gates fixed at 1), the reference;
+* ``sss``: the default SSS recipe of :class:`~sss_lightning.module.SSSModule`, one pass, surgery at the
+  end, no fine-tune; one point per ``gamma``;
+* ``sss_budget``: SSS steered to a MACs budget by :class:`~sss_lightning.callbacks.MacsBudget`, whose
+  structure is fixed at epoch ``epochs - finetune_epochs`` and then trained shrunk; one point per budget;
+* ``uniform``: a thinner network (one width per point) trained from scratch;
+* ``slimming`` and ``depgraph``: Torch-Pruning's ``BNScalePruner`` and ``GroupNormPruner`` with their
+  sparsity regularisers for ``epochs - finetune_epochs`` epochs, pruned to the MACs that the same seed's
+  SSS point reached (knob ``sss:<gamma>`` / ``sss_budget:<budget>``), then fine-tuned for the rest.
+
+Accuracy is measured once, at the end, on the 10k test split. Each finished run is a line of
+``<out>.runs.jsonl`` and is not repeated: a killed sweep continues where it stopped. The table gives
+mean and std over seeds and, for every SSS point, the paired difference to each baseline (uniform is
+interpolated per seed between its two widths nearest in MACs) with a 95% t interval over the seeds.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from jsonargparse import ArgumentParser
 
 from benchmarks.common import add_run_arguments, check_run_arguments, datamodule, quiet_trainer
 from benchmarks.report import write_report
-from sss_lightning.baselines import NetworkSlimming
-from sss_lightning.callbacks import InTrainingShrink, MacsBudget, MagnitudePruning, StructuralSurgery
+from sss_lightning.callbacks import GateMonitor, InTrainingShrink, MacsBudget, StructuralSurgery
 from sss_lightning.flops import count_flops
+from sss_lightning.models import build_model
 from sss_lightning.module import SSSClassifier
 
-METHODS = ("unpruned", "sss", "sss_budget", "slimming", "l1_filter", "uniform")
+METHODS = ("unpruned", "sss", "sss_budget", "uniform", "slimming", "depgraph")
+SSS_METHODS = ("sss", "sss_budget")
+MATCHED = ("slimming", "depgraph")
+NAMES = {
+    "unpruned": "unpruned",
+    "sss": "SSS",
+    "sss_budget": "SSS + MacsBudget",
+    "uniform": "uniform width",
+    "slimming": "Network Slimming (TP)",
+    "depgraph": "DepGraph (TP)",
+}
+KEY = ("arch", "dataset", "epochs", "batches_per_epoch", "method", "knob", "seed")
 
 
-def configs(args) -> list[tuple[str, float | None]]:
-    """(method, knob) pairs: gamma for SSS, fraction of channels for the two pruners, width for uniform."""
+def configs(args) -> list[tuple[str, Any]]:
+    """(method, knob) in the order they run for one seed: the matched baselines after the SSS points."""
+    sss_points = [("sss", g) for g in args.gammas] + [("sss_budget", b) for b in args.budgets]
     every = [
         ("unpruned", None),
-        *[("sss", g) for g in args.gammas],
-        *[("sss_budget", t) for t in args.budgets],
-        *[("slimming", a) for a in args.amounts],
-        *[("l1_filter", a) for a in args.amounts],
-        *[("uniform", float(w)) for w in args.widths],
+        *sss_points,
+        *[("uniform", w) for w in args.widths],
+        *[(m, f"{s}:{k}") for m in MATCHED for s, k in sss_points if f"{s}:{k}" in args.match],
     ]
     return [(method, knob) for method, knob in every if method in args.methods]
 
 
-def run_one(method: str, knob: float | None, seed: int, args) -> dict:
+def _target(knob: str, seed: int, runs: list[dict], args) -> float:
+    """The MACs ratio the same seed's SSS point reached (the matched baselines prune to it)."""
+    method, value = knob.split(":")
+    for r in runs:
+        if r["method"] == method and str(r["knob"]) == value and r["seed"] == seed and _same_setting(r, args):
+            return r["macs_ratio"]
+    raise RuntimeError(f"the matched baseline {knob} needs the {method} {value} run of seed {seed} first")
+
+
+def _same_setting(row: dict, args) -> bool:
+    return all(row[k] == getattr(args, k) for k in KEY[:4])
+
+
+def run_one(method: str, knob: Any, seed: int, args, runs: list[dict]) -> dict:
     L.seed_everything(seed)
     data, size = datamodule(args.dataset, args.data_dir, synthetic_train_size=1024)
     common = {"arch": args.arch, "num_classes": 10, "in_channels": size[0], "lr": args.lr, "input_size": size}
     callbacks: list[L.Callback] = []
+    monitor = GateMonitor(log_every_n_steps=10**9, plots=False)
     surgery = StructuralSurgery(dirpath=args.out_dir, filename=f"{method}-{knob}-{seed}.pt")
+    tp = None
+    fixed_epoch = args.epochs - args.finetune_epochs
     if method == "sss":
         module = SSSClassifier(gates="both", gamma=knob, **common)
-        callbacks.append(surgery)
-    elif method == "sss_budget":  # the same epochs: search until the pruners would cut, then train the weights
+        callbacks += [monitor, surgery]
+    elif method == "sss_budget":
         module = SSSClassifier(gates="both", gamma=args.budget_gamma, **common)
-        budget = MacsBudget(knob, by_epoch=args.epochs - args.finetune_epochs)
-        callbacks += [budget, InTrainingShrink(), surgery]
-    elif method == "slimming":
-        module = NetworkSlimming(sparsity=args.slimming_sparsity, **common)
+        callbacks += [monitor, MacsBudget(knob, by_epoch=fixed_epoch), InTrainingShrink(), surgery]
     elif method == "uniform":
         module = SSSClassifier(gates="channel", freeze_gates=True, arch_kwargs={"width": int(knob)}, **common)
-    else:  # unpruned, l1_filter: ordinary training of the full network (gates fixed at 1)
-        module = SSSClassifier(gates="channel", freeze_gates=True, **common)
-    if method in ("slimming", "l1_filter"):
-        criterion = "bn_scale" if method == "slimming" else "filter_l1"
-        callbacks.append(
-            MagnitudePruning(
-                criterion,
-                amount=knob,
-                scope=args.scope,
-                finetune_epochs=args.finetune_epochs,
-                dirpath=args.out_dir,
-                filename=f"{method}-{knob}-{seed}.pt",
-            )
+    elif method in MATCHED:
+        from benchmarks.torch_pruning_baselines import PlainClassifier, TorchPruningBaseline
+
+        module = PlainClassifier(arch=args.arch, num_classes=10, in_channels=size[0], lr=args.lr)
+        target = _target(knob, seed, runs, args)
+        tp = TorchPruningBaseline(
+            method,
+            target_macs=target,
+            prune_at_epoch=fixed_epoch,
+            input_size=size,
+            tolerance=args.match_tolerance * target,
         )
+        callbacks.append(tp)
+    else:  # unpruned: ordinary training of the full network (gates fixed at 1)
+        module = SSSClassifier(gates="channel", freeze_gates=True, **common)
     trainer = quiet_trainer(args, callbacks, check_val_every_n_epoch=args.epochs, num_sanity_val_steps=0)
     start = time.perf_counter()
     trainer.fit(module, datamodule=data)
     seconds = time.perf_counter() - start
-    acc = trainer.callback_metrics["val/acc"]
-    if method in ("sss", "sss_budget"):  # the pruned network's own accuracy (= the gated one's: exact surgery)
+    acc = float(trainer.callback_metrics["val/acc"])
+    if method in SSS_METHODS:  # the pruned network's own accuracy (= the gated one's: exact surgery)
         acc = surgery.report.get("val_acc", acc)
     flops = count_flops(module.net, size)
-    return {
+    full = count_flops(build_model(args.arch, gates="none", num_classes=10, in_channels=size[0]), size).macs
+    row = {
         "arch": args.arch,
         "dataset": args.dataset,
         "epochs": args.epochs,
@@ -101,94 +135,175 @@ def run_one(method: str, knob: float | None, seed: int, args) -> dict:
         "seed": seed,
         "val_acc": float(acc),
         "macs": flops.macs,
+        "macs_ratio": flops.macs / full,
         "params": flops.params,
         "seconds": seconds,
+        "steps": trainer.global_step,
     }
-
-
-KEY = ("arch", "dataset", "epochs", "batches_per_epoch", "method", "knob", "seed")
+    if method in SSS_METHODS:
+        row.update({f"stability_{k}": v for k, v in monitor.stability.items()})
+        row["churn_per_epoch"] = [c["gates/churn"] for c in monitor.churn]
+    if tp is not None:
+        row["tp_report"] = dict(tp.report)
+    return row
 
 
 def _key(row: dict) -> tuple:
     return tuple(row[k] for k in KEY)
 
 
-def summarize(runs: list[dict]) -> list[dict]:
-    """Mean and spread over seeds per (method, knob), MACs relative to the unpruned network's."""
-    full = statistics.mean(r["macs"] for r in runs if r["method"] == "unpruned")
-    groups: dict[tuple, list[dict]] = {}
+# --------------------------------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------------------------------
+
+
+def t_quantile(dof: int, p: float = 0.975) -> float:
+    """Student's t quantile (scipy), for the 95% intervals of paired differences over seeds."""
+    from scipy.stats import t
+
+    return float(t.ppf(p, dof))
+
+
+def paired(diffs: list[float]) -> dict[str, float] | None:
+    """Mean of paired differences and the half-width of its 95% t interval (None with no pairs)."""
+    if not diffs:
+        return None
+    mean = statistics.mean(diffs)
+    half = t_quantile(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.inf
+    return {"mean": mean, "half_width": half, "n": len(diffs)}
+
+
+def _interpolate(points: list[tuple[float, float]], x: float) -> float | None:
+    for (x0, y0), (x1, y1) in itertools.pairwise(sorted(points)):
+        if x0 <= x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else max(y0, y1)
+    return None
+
+
+def comparisons(runs: list[dict]) -> list[dict]:
+    """For each SSS point: paired differences (SSS minus baseline, accuracy points) over the seeds that have both."""
+    by_seed: dict[int, dict[tuple, dict]] = {}
     for r in runs:
-        groups.setdefault((r["method"], r["knob"]), []).append(r)
-    rows = []
-    for (method, knob), rs in groups.items():
-        accs = [r["val_acc"] for r in rs]
-        rows.append(
+        by_seed.setdefault(r["seed"], {})[(r["method"], str(r["knob"]))] = r
+    points = sorted({(r["method"], str(r["knob"])) for r in runs if r["method"] in SSS_METHODS})
+    out = []
+    for method, knob in points:
+        diffs: dict[str, list[float]] = {"unpruned": [], "uniform": [], **{m: [] for m in MATCHED}}
+        macs_gap: dict[str, list[float]] = {m: [] for m in MATCHED}
+        for rows in by_seed.values():
+            ours = rows.get((method, knob))
+            if ours is None:
+                continue
+            if ("unpruned", "None") in rows:
+                diffs["unpruned"].append(100 * (ours["val_acc"] - rows[("unpruned", "None")]["val_acc"]))
+            uniform = [(r["macs_ratio"], r["val_acc"]) for (m, _), r in rows.items() if m == "uniform"]
+            acc = _interpolate(uniform, ours["macs_ratio"])
+            if acc is not None:
+                diffs["uniform"].append(100 * (ours["val_acc"] - acc))
+            for m in MATCHED:
+                theirs = rows.get((m, f"{method}:{knob}"))
+                if theirs is not None:
+                    diffs[m].append(100 * (ours["val_acc"] - theirs["val_acc"]))
+                    macs_gap[m].append(theirs["macs_ratio"] / ours["macs_ratio"] - 1)
+        out.append(
             {
                 "method": method,
                 "knob": knob,
-                "seeds": sorted(r["seed"] for r in rs),
-                "acc_mean": statistics.mean(accs),
-                "acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                "macs_ratio": statistics.mean(r["macs"] for r in rs) / full,
-                "params": statistics.mean(r["params"] for r in rs),
+                "vs": {k: paired(v) for k, v in diffs.items()},
+                "macs_gap": {k: max(map(abs, v)) if v else None for k, v in macs_gap.items()},
             }
         )
+    return out
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """Mean and spread over seeds per (method, knob)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["method"], str(r["knob"])), []).append(r)
+    rows = []
+    for (method, knob), rs in groups.items():
+        accs = [r["val_acc"] for r in rs]
+        row = {
+            "method": method,
+            "knob": knob,
+            "seeds": sorted(r["seed"] for r in rs),
+            "acc_mean": statistics.mean(accs),
+            "acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "macs_ratio": statistics.mean(r["macs_ratio"] for r in rs),
+            "params": statistics.mean(r["params"] for r in rs),
+        }
+        key = "stability_stable_zero_fraction"
+        stable = [r[key] for r in rs if r.get(key) is not None]
+        if stable:
+            row["stable_zero_fraction"] = statistics.mean(stable)
+            row["last_epoch_churn"] = statistics.mean(r["churn_per_epoch"][-1] for r in rs)
+        rows.append(row)
     rows.sort(key=lambda r: (METHODS.index(r["method"]), -r["macs_ratio"]))
     return rows
 
 
-def interpolate(rows: list[dict], method: str, macs_ratio: float) -> float | None:
-    """``method``'s accuracy at ``macs_ratio`` by linear interpolation between its points (None outside)."""
-    pts = sorted((r["macs_ratio"], r["acc_mean"]) for r in rows if r["method"] == method)
-    for (x0, y0), (x1, y1) in itertools.pairwise(pts):
-        if x0 <= macs_ratio <= x1:
-            return y0 + (y1 - y0) * (macs_ratio - x0) / (x1 - x0) if x1 > x0 else max(y0, y1)
-    return None
+# --------------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------------
 
 
-def report(rows: list[dict], args) -> str:
-    names = {
-        "unpruned": "unpruned",
-        "sss": "SSS",
-        "sss_budget": "SSS + MacsBudget",
-        "slimming": "Network Slimming",
-        "l1_filter": "L1-norm filters",
-        "uniform": "uniform width",
-    }
-    knobs = {
-        "unpruned": "-",
-        "sss": "gamma {}",
-        "sss_budget": "budget {:.0%}",
-        "slimming": "{:.0%} channels",
-        "l1_filter": "{:.0%} channels",
-        "uniform": "width {:.0f}",
-    }
-    base = next(r for r in rows if r["method"] == "unpruned")
+def _setting(method: str, knob: str) -> str:
+    if method == "unpruned":
+        return "-"
+    if method == "sss":
+        return f"gamma {knob}"
+    if method == "sss_budget":
+        return f"budget {float(knob):.0%}"
+    if method == "uniform":
+        return f"width {knob}"
+    source, value = knob.split(":")
+    return f"MACs of {NAMES[source]} {_setting(source, value)}"
+
+
+def _ci(entry: dict[str, float] | None) -> str:
+    if entry is None:
+        return "-"
+    if not math.isfinite(entry["half_width"]):
+        return f"{entry['mean']:+.2f} (1 seed)"
+    return f"{entry['mean']:+.2f} ± {entry['half_width']:.2f}"
+
+
+def report(rows: list[dict], cmps: list[dict], args) -> str:
     lines = [
-        f"{args.arch} on {args.dataset}: {args.epochs} epochs x {args.batches_per_epoch} batches of 128 (a random "
-        f"subset each epoch), cosine LR from {args.lr}, seeds {args.seeds}; pruners fine-tune for the last "
-        f"{args.finetune_epochs} epoch(s). Accuracy on the 10k test split; mean (std) over seeds.",
+        f"{args.arch} on {args.dataset}: {args.epochs} epochs x {args.batches_per_epoch} batches of 128 "
+        f"({args.epochs * args.batches_per_epoch} steps for every method), cosine LR from {args.lr}, seeds "
+        f"{args.seeds} paired (same initialisation and data order per seed). SSS: one pass, surgery at the end; "
+        f"budget / TP pruners fix the structure after epoch {args.epochs - args.finetune_epochs}. Accuracy on the "
+        "10k test split, mean (std) over seeds.",
         "",
-        "| method | setting | MACs / unpruned | params | acc | drop vs unpruned (pt) | vs NS at equal MACs | "
-        "vs uniform at equal MACs |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| method | setting | seeds | MACs / unpruned | params | acc | zeros stable over last 10% |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        setting = knobs[r["method"]].format(r["knob"]) if r["knob"] is not None else "-"
-        drop = 100 * (base["acc_mean"] - r["acc_mean"])
-        cmp = []
-        for other in ("slimming", "uniform"):
-            acc = interpolate(rows, other, r["macs_ratio"]) if r["method"].startswith("sss") else None
-            cmp.append(f"{100 * (r['acc_mean'] - acc):+.2f} pt" if acc is not None else "-")
+        stable = f"{r['stable_zero_fraction']:.3f}" if "stable_zero_fraction" in r else "-"
         lines.append(
-            f"| {names[r['method']]} | {setting} | {r['macs_ratio']:.3f} | {r['params'] / 1e3:.1f}K | "
-            f"{r['acc_mean']:.4f} ({r['acc_std']:.4f}) | {drop:+.2f} | {cmp[0]} | {cmp[1]} |"
+            f"| {NAMES[r['method']]} | {_setting(r['method'], r['knob'])} | {len(r['seeds'])} | "
+            f"{r['macs_ratio']:.3f} | {r['params'] / 1e3:.1f}K | {r['acc_mean']:.4f} ({r['acc_std']:.4f}) | {stable} |"
         )
     lines += [
         "",
-        "vs NS / uniform: SSS accuracy minus the baseline's, interpolated linearly between its two "
-        "nearest points in MACs ('-' where SSS is outside the baseline's MACs range).",
+        "Paired differences, SSS minus baseline, in accuracy points: mean ± half-width of the 95% t interval "
+        "over seeds (uniform width interpolated per seed at SSS's MACs; '-' where no pair exists).",
+        "",
+        "| SSS point | MACs / unpruned | vs unpruned | vs uniform | vs Network Slimming | vs DepGraph |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
+    macs = {(r["method"], r["knob"]): r["macs_ratio"] for r in rows}
+    for c in cmps:
+        vs = c["vs"]
+        lines.append(
+            f"| {NAMES[c['method']]} {_setting(c['method'], c['knob'])} | {macs[(c['method'], c['knob'])]:.3f} | "
+            f"{_ci(vs['unpruned'])} | {_ci(vs['uniform'])} | {_ci(vs['slimming'])} | {_ci(vs['depgraph'])} |"
+        )
+    gaps = [g for c in cmps for g in c["macs_gap"].values() if g is not None]
+    if gaps:
+        lines += ["", f"Matched baselines land within {100 * max(gaps):.1f}% of their SSS point's MACs."]
     return "\n".join(lines)
 
 
@@ -199,35 +314,19 @@ def plot(rows: list[dict], args, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    styles = {"sss": "o-", "sss_budget": "P-", "slimming": "s--", "l1_filter": "^--", "uniform": "D:", "unpruned": "k*"}
-    labels = {
-        "sss": "SSS (ours)",
-        "sss_budget": "SSS + MacsBudget (ours)",
-        "slimming": "Network Slimming",
-        "l1_filter": "L1-norm filters",
-        "uniform": "uniform width",
-        "unpruned": "unpruned",
-    }
+    styles = {"sss": "o-", "sss_budget": "P", "uniform": "D:", "slimming": "s", "depgraph": "^", "unpruned": "k*"}
     for method in METHODS:
         pts = sorted((r["macs_ratio"], r["acc_mean"], r["acc_std"]) for r in rows if r["method"] == method)
         if pts:
             xs, ys, es = zip(*pts, strict=True)
-            ax.errorbar(
-                xs,
-                ys,
-                yerr=es,
-                fmt=styles[method],
-                label=labels[method],
-                capsize=3,
-                ms=7 if method == "unpruned" else 5,
-            )
+            ax.errorbar(xs, ys, yerr=es, fmt=styles[method], label=NAMES[method], capsize=3, ms=6)
     ax.set(
         xlabel="MACs / unpruned network",
         ylabel="test accuracy",
-        title=f"{args.arch} on {args.dataset}: accuracy vs MACs ({len(args.seeds)} seeds)",
+        title=f"{args.arch} on {args.dataset}: {args.epochs * args.batches_per_epoch} steps, {len(args.seeds)} seeds",
     )
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -235,22 +334,28 @@ def plot(rows: list[dict], args, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = ArgumentParser(description=__doc__.splitlines()[0], default_env=False)
-    add_run_arguments(parser, batches_per_epoch=120)
-    parser.add_argument("--finetune_epochs", type=int, default=1)
+    add_run_arguments(parser, batches_per_epoch=469)
+    parser.add_argument("--finetune_epochs", type=int, default=1, help="epochs after budget/TP fix the structure")
     parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--seeds", type=list[int], default=[0, 1])
+    parser.add_argument("--seeds", type=list[int], default=[0, 1, 2])
     parser.add_argument("--methods", type=list[str], default=list(METHODS), help=f"a subset of {METHODS}")
-    parser.add_argument("--gammas", type=list[float], default=[0.01, 0.02, 0.04])
-    parser.add_argument("--budgets", type=list[float], default=[0.6, 0.4], help="SSS + MacsBudget targets")
-    parser.add_argument("--budget_gamma", type=float, default=0.03, help="SSS + MacsBudget's starting gamma")
-    parser.add_argument("--amounts", type=list[float], default=[0.3, 0.6])
-    parser.add_argument("--widths", type=list[int], default=[13, 10])
-    parser.add_argument("--scope", type=str, default="global", help="pruners' threshold: global or layer")
-    parser.add_argument("--slimming_sparsity", type=float, default=1e-4)
+    parser.add_argument("--gammas", type=list[float], default=[0.006, 0.012], help="SSS points")
+    parser.add_argument("--budgets", type=list[float], default=[0.4], help="SSS + MacsBudget targets")
+    parser.add_argument("--budget_gamma", type=float, default=0.01, help="SSS + MacsBudget's starting gamma")
+    parser.add_argument("--widths", type=list[int], default=[13, 10, 7], help="uniform widths (16 = unpruned)")
+    parser.add_argument(
+        "--match",
+        type=list[str],
+        default=None,
+        help="SSS points the TP baselines prune to, as sss:<gamma> / sss_budget:<budget> (default: every sss gamma)",
+    )
+    parser.add_argument("--match_tolerance", type=float, default=0.01, help="relative MACs gap of matched baselines")
     parser.add_argument("--out", type=str | None, default=None, help="default: benchmarks/results/pareto_<arch>")
     args = parser.parse_args(argv)
-    if "unpruned" not in args.methods or set(args.methods) - set(METHODS):
-        parser.error(f"--methods must include 'unpruned' (the reference) and come from {METHODS}")
+    if set(args.methods) - set(METHODS):
+        parser.error(f"--methods must come from {METHODS}, got {args.methods}")
+    if args.match is None:
+        args.match = [f"sss:{g}" for g in args.gammas]
     if args.out is None:
         suffix = "" if args.dataset == "fashion_mnist" else f"_{args.dataset}"
         args.out = f"benchmarks/results/pareto_{args.arch}{suffix}"
@@ -267,18 +372,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if key in done:
             continue
         method, knob, seed = key[-3:]
-        row = run_one(method, knob, seed, args)
+        if method in MATCHED and _target(knob, seed, runs, args) >= 1.0:
+            print(f"[pareto] {method} {knob} seed {seed}: skipped, that SSS point pruned nothing", flush=True)
+            continue
+        row = run_one(method, knob, seed, args, runs)
         runs.append(row)
         with log.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(
-            f"[pareto] {method} {knob} seed {seed}: acc {row['val_acc']:.4f}, MACs {row['macs'] / 1e6:.2f}M, "
+            f"[pareto] {method} {knob} seed {seed}: acc {row['val_acc']:.4f}, MACs {row['macs_ratio']:.3f}, "
             f"{row['seconds']:.0f} s",
             flush=True,
         )
     current = [r for r in runs if _key(r) in set(wanted)]
     rows = summarize(current)
-    out = write_report(args.out, report(rows, args), {"summary": rows, "runs": current})
+    cmps = comparisons(current)
+    out = write_report(args.out, report(rows, cmps, args), {"summary": rows, "comparisons": cmps, "runs": current})
     plot(rows, args, out.with_suffix(".png"))
     return rows
 

@@ -138,8 +138,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         runs.append(row)
         with log.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        print(f"[recipes] {recipe} gamma {gamma} seed {seed}: acc {row['val_acc']:.4f}, MACs kept "
-              f"{row['macs_ratio']:.3f}, stable {row['stable_zero_fraction']}, {row['seconds']:.0f} s", flush=True)
+        print(
+            f"[recipes] {recipe} gamma {gamma} seed {seed}: acc {row['val_acc']:.4f}, MACs kept "
+            f"{row['macs_ratio']:.3f}, stable {row['stable_zero_fraction']}, {row['seconds']:.0f} s",
+            flush=True,
+        )
     current = [r for r in runs if tuple(r[k] for k in KEY) in set(wanted)]
     write_report(args.out, report(current, args), {"runs": current})
     return current

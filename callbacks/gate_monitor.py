@@ -112,7 +112,7 @@ class GateMonitor(Callback):
     ) -> None:
         step = trainer.global_step
         if step != self.tracker.step:
-            self.tracker.update(pl_module.net, step)
+            self.tracker.update(pl_module.net, step, getattr(pl_module, "shrunk_gates", None))
         if step % self.log_every_n_steps == 0 and (not self.history or self.history[-1]["step"] != step):
             self._record(trainer, pl_module)
 

@@ -147,6 +147,8 @@ class SSSModule(L.LightningModule):
             raise ValueError("cannot infer num_classes (the network has no nn.Linear); pass num_classes=")
         self._finetune: dict[str, float] | None = None
         self._reshaped = False  # the network was replaced by a smaller one (shrink or surgery)
+        # after shrink(): per surviving gate, the positions its entries had in the gate before the shrink
+        self.shrunk_gates: dict[str, Tensor] = {}
         self.criterion = nn.CrossEntropyLoss()
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -332,13 +334,15 @@ class SSSModule(L.LightningModule):
         and rebuild the optimizer over the surviving parameters with their momentum, group settings and
         schedule position carried over, so training continues as if nothing changed, only faster.
 
-        Zero structures can no longer come back. Returns parameter counts before and after.
+        Zero structures can no longer come back. Returns parameter counts before and after; afterwards
+        :attr:`shrunk_gates` maps each surviving gate to the positions its entries had before.
         """
         trainer = self.trainer
         old_optimizer = trainer.optimizers[0]
         old_scheduler = trainer.lr_scheduler_configs[0].scheduler if trainer.lr_scheduler_configs else None
         old_params = dict(self.net.named_parameters())
         sliced, sources = slice_sources(self.net)
+        self.shrunk_gates = {info.name: sources[f"{info.name}.scale"].flatten() for info in iter_gates(sliced)}
         self.replace_network(sliced)
         rewrap_distributed(trainer)
         trainer.strategy.setup_optimizers(trainer)

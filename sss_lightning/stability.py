@@ -8,14 +8,15 @@
   (:meth:`ZeroSetTracker.stable_fraction`): the zeros surgery removes are the selection only if they
   did not change right before the end.
 
-Entries that an in-training shrink removed count as zero from then on: a shrink keeps the surviving
-(non-zero) entries of a gate in order, which is how the tracker maps a shrunk gate back onto the
-entries it watched. Everything it holds travels in :meth:`state_dict`, so resumed runs report what an
+Entries that an in-training shrink removed count as zero from then on: the shrink's index map
+(``SSSModule.shrunk_gates``) says where a shrunk gate's survivors were, which is how the tracker maps
+it back onto the entries it watched. Everything it holds travels in :meth:`state_dict`, so resumed runs report what an
 uninterrupted one would.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -36,8 +37,10 @@ class ZeroSetTracker:
         self.flips = 0  # switches since the last take_flips()
         self.step = -1
 
-    def update(self, model: nn.Module, step: int) -> None:
-        """Record the gates of ``model`` after optimizer step ``step``."""
+    def update(self, model: nn.Module, step: int, kept: Mapping[str, Tensor] | None = None) -> None:
+        """Record the gates of ``model`` after optimizer step ``step``. ``kept`` maps a gate that a shrink made
+        smaller to the positions its surviving entries had before (``SSSModule.shrunk_gates``); without it a
+        shrunk gate's survivors are taken to be its entries that were non-zero at the last update."""
         self.step = step
         flips = []
         gates = list(iter_gates(model))
@@ -54,7 +57,7 @@ class ZeroSetTracker:
                 continue
             live = self.live[name]
             if now.numel() != live.numel():
-                live = self._remap(name, now.numel())
+                live = self._remap(name, now.numel(), None if kept is None else kept.get(name), step)
             before = self.zero[name][live]
             changed = before != now
             if changed.any():
@@ -63,16 +66,23 @@ class ZeroSetTracker:
                 flips.append(int(changed.sum()))
         self.flips += sum(flips)
 
-    def _remap(self, name: str, size: int) -> Tensor:
-        """A shrink removed the zero entries of gate ``name``: the survivors are its non-zero ones, in order."""
-        alive = (~self.zero[name]).nonzero().flatten()
-        alive = alive[torch.isin(alive, self.live[name])]
+    def _remap(self, name: str, size: int, kept: Tensor | None, step: int) -> Tensor:
+        """A shrink removed entries of gate ``name``: the survivors are at ``kept`` among its current entries,
+        or (without ``kept``) its non-zero ones, in order."""
+        if kept is not None and kept.numel() == size:
+            alive = self.live[name][kept.cpu().long()]
+        else:
+            alive = (~self.zero[name]).nonzero().flatten()
+            alive = alive[torch.isin(alive, self.live[name])]
         if alive.numel() != size:
             raise ValueError(
                 f"ZeroSetTracker: gate {name} went from {self.live[name].numel()} to {size} entries, but "
-                f"{alive.numel()} of them were non-zero at the last update; update the tracker after every step"
+                f"{alive.numel()} of them were non-zero at the last update; pass the shrink's index map as kept="
             )
         removed = self.live[name][~torch.isin(self.live[name], alive)]
+        newly = removed[~self.zero[name][removed]]  # set to zero and removed since the last update
+        self.last_flip[name][newly] = step
+        self.flips += newly.numel()
         self.zero[name][removed] = True
         self.live[name] = alive
         return alive

@@ -97,22 +97,41 @@ def test_budget_script_compares_shrink_and_cost_weighting(tmp_path):
     assert (tmp_path / "budget.png").read_bytes().startswith(b"\x89PNG")
 
 
-def test_pareto_script_runs_every_method_and_resumes_without_repeating(tmp_path, monkeypatch):
+def test_pareto_script_runs_every_method_paired_and_resumes_without_repeating(tmp_path, monkeypatch):
+    pytest.importorskip("torch_pruning")
     from benchmarks import pareto
 
-    settings = "--dataset synthetic --epochs 2 --batches_per_epoch 3 --seeds [0] --gammas [0.3] --amounts [0.5]"
-    argv = [*settings.split(), "--budgets", "[0.6]", "--widths", "[8]", "--out", str(tmp_path / "p")]
+    settings = "--dataset synthetic --epochs 2 --batches_per_epoch 3 --seeds [0,1] --gammas [0.8] --budgets [0.6]"
+    argv = [*settings.split(), "--match", "[sss_budget:0.6]", "--widths", "[12,8]", "--out", str(tmp_path / "p")]
     rows = pareto.main(argv)
     assert {r["method"] for r in rows} == set(pareto.METHODS)
-    by = {r["method"]: r for r in rows}
-    assert by["unpruned"]["macs_ratio"] == 1.0
-    assert by["uniform"]["macs_ratio"] < 0.4  # width 8 of 16: about a quarter
-    assert by["slimming"]["macs_ratio"] < 1.0 and by["l1_filter"]["macs_ratio"] < 1.0
-    lines = (tmp_path / "p.runs.jsonl").read_text().splitlines()
-    assert len(lines) == 6
+    by = {(r["method"], r["knob"]): r for r in rows}
+    assert by[("unpruned", "None")]["macs_ratio"] == 1.0
+    assert by[("uniform", "8")]["macs_ratio"] < 0.4  # width 8 of 16: about a quarter
+    runs = [json.loads(line) for line in (tmp_path / "p.runs.jsonl").read_text().splitlines()]
+    assert len(runs) == 2 * 7 and {r["steps"] for r in runs} == {6}  # the same step budget for every method
+    for seed in (0, 1):  # the TP baselines prune to the MACs the same seed's SSS point reached
+        ours = next(r for r in runs if r["method"] == "sss_budget" and r["seed"] == seed)
+        for method in pareto.MATCHED:
+            theirs = next(r for r in runs if r["method"] == method and r["seed"] == seed)
+            assert theirs["knob"] == "sss_budget:0.6"
+            assert abs(theirs["macs_ratio"] / ours["macs_ratio"] - 1) <= 0.03
+    assert all("stability_stable_zero_fraction" in r for r in runs if r["method"] in pareto.SSS_METHODS)
+    (cmp,) = [c for c in json.loads((tmp_path / "p.json").read_text())["comparisons"] if c["method"] == "sss_budget"]
+    assert cmp["vs"]["unpruned"]["n"] == 2 and cmp["vs"]["slimming"]["n"] == 2
 
     monkeypatch.setattr(pareto, "run_one", lambda *a: pytest.fail("a finished run was repeated"))
     pareto.main(argv)  # everything is in the log: only the report is rebuilt
-    assert (tmp_path / "p.runs.jsonl").read_text().splitlines() == lines
-    assert "| method | setting | MACs / unpruned |" in (tmp_path / "p.md").read_text()
+    assert len((tmp_path / "p.runs.jsonl").read_text().splitlines()) == len(runs)
+    text = (tmp_path / "p.md").read_text()
+    assert "| SSS point | MACs / unpruned | vs unpruned | vs uniform | vs Network Slimming | vs DepGraph |" in text
     assert (tmp_path / "p.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_paired_interval_uses_students_t():
+    from benchmarks import pareto
+
+    result = pareto.paired([1.0, 2.0, 3.0])
+    assert result["mean"] == 2.0 and result["n"] == 3
+    assert result["half_width"] == pytest.approx(4.302653 * 1.0 / 3**0.5, rel=1e-5)  # t(0.975, 2) * sd / sqrt(n)
+    assert pareto.paired([]) is None

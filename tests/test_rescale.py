@@ -16,7 +16,6 @@ from sss_lightning.optim import APG
 from sss_lightning.rescale import gate_pairs, rescale_gates
 from tests.helpers import quiet_trainer, tiny_data
 
-
 SMALL_RESNEXT = {"cardinality": 2, "base_width": 4, "stem_width": 8, "out_width": 16}
 
 

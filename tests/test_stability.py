@@ -86,3 +86,12 @@ def test_gate_monitor_logs_churn_and_the_stable_zero_fraction(tmp_path):
 def test_stable_window_must_be_a_fraction(bad):
     with pytest.raises(ValueError, match="stable_window must be a fraction of the run in"):
         GateMonitor(stable_window=bad)
+
+
+def test_the_shrink_index_map_places_survivors_even_when_gates_were_zeroed_since_the_last_update():
+    net, tracker = _gated([1.0, 0.4, 0.3, 1.0]), ZeroSetTracker()
+    tracker.update(net, 0)
+    _set(net, [1.0, 0.3])  # a budget zeroed entries 1 and 3 at the epoch end, then the shrink removed them
+    tracker.update(net, 1, kept={"0": torch.tensor([0, 2])})
+    assert tracker.zeros() == 2 and tracker.take_flips() == 2
+    assert tracker.live["0"].tolist() == [0, 2] and tracker.stable_fraction(since_step=0) == 0.0

@@ -171,10 +171,12 @@ def run_contract(name: str, root: Path) -> Run:
 
 
 class Lab:
-    """Runs each network once per test module, and one fresh process over every network's files."""
+    """Runs each network once per test module, and one fresh process over the files of every network
+    whose tests were selected (``-m "not slow"`` leaves out the slow ones, ``-k`` all but the named)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, networks: list[str]) -> None:
         self.root = root
+        self.networks = networks
         self._done: dict[tuple[str, str], Any] = {}
         self._fresh: dict[str, str] | None = None
 
@@ -201,7 +203,7 @@ class Lab:
         """The fresh process's verdict on one file: "ok", or what went wrong."""
         if self._fresh is None:
             manifest = []
-            for other in NETWORKS:
+            for other in self.networks:
                 for items in (lambda n: [self.saved(n)], lambda n: self.run(n).files):
                     try:
                         manifest += [{**item, "network": other} for item in items(other)]
@@ -248,8 +250,13 @@ def reload_in_fresh_process(manifest: list[dict], root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory) -> Lab:
-    return Lab(tmp_path_factory.mktemp("persistence"))
+def lab(tmp_path_factory, request) -> Lab:
+    selected = {
+        item.callspec.params["name"]
+        for item in request.session.items
+        if item.module is sys.modules[__name__] and "name" in getattr(getattr(item, "callspec", None), "params", {})
+    }
+    return Lab(tmp_path_factory.mktemp("persistence"), [n for n in NETWORKS if n in selected])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -165,6 +165,8 @@ def _record_gating(model: nn.Module, kinds: list[str]) -> None:
     if base is not None:
         model.sss_arch = {"name": import_path(gated_model), "kwargs": {"base": base, "kinds": kinds}}
         return
+    if getattr(model, "sss_arch_problem", None):  # a more precise reason is already known (e.g. @rebuildable's)
+        return
     model.sss_arch_problem = (
         f"this {type(model).__name__} was gated by add_gates(model, kinds={kinds}), but how the model itself was "
         "built is not recorded, so a fresh process cannot rebuild it. Fix: let add_gates build it, "

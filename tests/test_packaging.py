@@ -41,13 +41,14 @@ def _require_build_backend() -> None:
 
 
 def _site_dirs() -> list[str]:
-    """Where the interpreter running the tests finds its packages: its ``sys.path`` minus this checkout
-    (a venv's own site-packages, not its base's; PYTHONPATH and ``.pth`` additions included)."""
-    repo = str(REPO.resolve())
+    """Where the interpreter running the tests finds its packages: its ``sys.path`` minus the checkout's
+    root (a venv's own site-packages, not its base's, even when that venv lives inside the checkout, as
+    .ci/run's ``.venv-ci`` does; PYTHONPATH and ``.pth`` additions included)."""
+    repo = os.path.realpath(REPO)
     keep = []
     for entry in sys.path:
         resolved = os.path.realpath(entry) if entry else ""
-        if resolved and os.path.isdir(resolved) and resolved != repo and not resolved.startswith(repo + os.sep):
+        if resolved and os.path.isdir(resolved) and resolved != repo:
             keep.append(resolved)
     return list(dict.fromkeys(keep))
 

@@ -351,6 +351,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument("--match_tolerance", type=float, default=0.01, help="relative MACs gap of matched baselines")
     parser.add_argument("--out", type=str | None, default=None, help="default: benchmarks/results/pareto_<arch>")
+    parser.add_argument("--report_only", type=bool, default=False, help="write the report from the log, train nothing")
     args = parser.parse_args(argv)
     if set(args.methods) - set(METHODS):
         parser.error(f"--methods must come from {METHODS}, got {args.methods}")
@@ -369,7 +370,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     wanted = [_key({**setting, "method": m, "knob": k, "seed": s}) for s in args.seeds for m, k in configs(args)]
     done = {_key(r) for r in runs}
     for key in wanted:
-        if key in done:
+        if key in done or args.report_only:
             continue
         method, knob, seed = key[-3:]
         if method in MATCHED and _target(knob, seed, runs, args) >= 1.0:
@@ -385,6 +386,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             flush=True,
         )
     current = [r for r in runs if _key(r) in set(wanted)]
+    if not current:
+        if args.report_only:
+            parser.error(f"no finished run of these settings in {log}; run without --report_only first")
+        print("[pareto] nothing to report: every requested run was skipped", flush=True)
+        return []
     rows = summarize(current)
     cmps = comparisons(current)
     out = write_report(args.out, report(rows, cmps, args), {"summary": rows, "comparisons": cmps, "runs": current})

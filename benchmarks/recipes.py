@@ -26,17 +26,25 @@ from jsonargparse import ArgumentParser
 
 from benchmarks.common import add_run_arguments, check_run_arguments, datamodule, quiet_trainer
 from benchmarks.report import write_report
-from sss_lightning.callbacks import GateMonitor, StructuralSurgery
+from sss_lightning.callbacks import GateMonitor, InTrainingShrink, StructuralSurgery
 from sss_lightning.flops import count_flops
 from sss_lightning.module import SSSClassifier
 
-PLAIN: dict[str, Any] = {"gate_rescale": False, "zero_hold": 0, "gate_momentum_units": "gradient"}
+PLAIN: dict[str, Any] = {"gate_rescale": False, "zero_hold": 0, "gate_momentum_units": "gradient", "settle_at": None}
 RECIPES: dict[str, dict[str, Any]] = {
     "plain": {**PLAIN},
     "rescale": {**PLAIN, "gate_rescale": True},
     "rescale_hold": {**PLAIN, "gate_rescale": True, "zero_hold": 100},
     "rescale_hold_param": {**PLAIN, "gate_rescale": True, "zero_hold": 100, "gate_momentum_units": "parameter"},
     "param": {**PLAIN, "gate_momentum_units": "parameter"},
+    "rescale_hold_settle": {**PLAIN, "gate_rescale": True, "zero_hold": 100, "settle_at": 0.75},
+    "rescale_hold_settle_param": {
+        **PLAIN,
+        "gate_rescale": True,
+        "zero_hold": 100,
+        "settle_at": 0.75,
+        "gate_momentum_units": "parameter",
+    },
 }
 
 
@@ -48,7 +56,10 @@ def run_one(recipe: str, gamma: float, seed: int, args) -> dict:
     )
     monitor = GateMonitor(log_every_n_steps=10**9, plots=False)
     surgery = StructuralSurgery(dirpath=args.out_dir, filename=f"{recipe}-{gamma}-{seed}.pt")
-    trainer = quiet_trainer(args, [monitor, surgery], check_val_every_n_epoch=args.epochs, num_sanity_val_steps=0)
+    callbacks: list[L.Callback] = [monitor, surgery]
+    if RECIPES[recipe]["settle_at"] is not None:  # the settled structure trains at its smaller size
+        callbacks.insert(1, InTrainingShrink())
+    trainer = quiet_trainer(args, callbacks, check_val_every_n_epoch=args.epochs, num_sanity_val_steps=0)
     start = time.perf_counter()
     trainer.fit(module, datamodule=data)
     flops = count_flops(module.net, size)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import copy
 import importlib
 import inspect
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -63,6 +64,9 @@ class SSSModule(L.LightningModule):
         zero_hold: pin a gate at 0 once it has been exactly 0 for this many consecutive steps (0: never).
         gate_momentum_units: where the gates' APG velocity lives, ``"gradient"`` or ``"parameter"`` (the
             official APGNAG); see :mod:`sss_lightning.optim`.
+        settle_at: after this fraction of the training steps, freeze every gate (the zero set is then the
+            selection and the rest of the run trains the weights of that structure, without the L1 pull;
+            add :class:`~sss_lightning.callbacks.InTrainingShrink` to train it at its smaller size).
     """
 
     def __init__(
@@ -85,6 +89,7 @@ class SSSModule(L.LightningModule):
         gate_rescale: bool = False,
         zero_hold: int = 0,
         gate_momentum_units: Literal["gradient", "parameter"] = "gradient",
+        settle_at: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
@@ -122,6 +127,13 @@ class SSSModule(L.LightningModule):
         )
         if not isinstance(gate_rescale, bool):
             raise ValueError(f"gate_rescale must be a bool, got {gate_rescale!r}")
+        if settle_at is not None and (
+            isinstance(settle_at, bool) or not isinstance(settle_at, (int, float)) or not 0 < settle_at <= 1
+        ):
+            raise ValueError(
+                f"settle_at must be a fraction of the training steps in (0, 1] or None, got {settle_at!r}; e.g. 0.75 "
+                "fixes the structure after three quarters of the run"
+            )
         if schedule not in ("cosine", "step", "constant"):
             raise ValueError(f"schedule must be 'cosine', 'step' or 'constant', got {schedule!r}")
         if schedule == "step" and (not milestones or list(milestones) != sorted(milestones)):
@@ -204,6 +216,18 @@ class SSSModule(L.LightningModule):
             raise FloatingPointError(
                 f"a gate became non-finite at epoch {self.current_epoch}, step {self.global_step}; the run stops "
                 "before any snapshot or surgery writes a broken model. Fix: lower lr, gate_lr or gamma"
+            )
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        settle = self.hparams.get("settle_at")
+        if settle is None:
+            return
+        trainable = [p for p in gate_parameters(self.net) if p.requires_grad]
+        if trainable and self.trainer.global_step >= math.ceil(settle * self.trainer.estimated_stepping_batches):
+            for p in trainable:
+                p.requires_grad_(False)
+            rank_zero_info(
+                f"SSSModule: structure settled at step {self.trainer.global_step} (settle_at={settle}): gates frozen"
             )
 
     def on_train_start(self) -> None:

@@ -165,3 +165,30 @@ def test_cost_weighted_training_runs_and_needs_an_input_size():
     module = SSSModule(tiny_net(), gamma=0.5, cost_weighted=True, input_size=[3, 8, 8], schedule="constant")
     fit(module, steps=10)
     assert sparsity(module.net)["overall"] > 0
+
+
+class _GateSnapshots(__import__("lightning").Callback):
+    def __init__(self) -> None:
+        self.gates: list[torch.Tensor] = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        self.gates.append(torch.cat([p.detach().flatten().clone() for p in gate_parameters(pl_module.net)]))
+
+
+def test_settle_at_fixes_the_structure_after_that_fraction_of_the_steps_and_the_weights_go_on():
+    module = SSSModule(tiny_net(gates="both"), gamma=2.0, settle_at=0.5, gate_rescale=True, zero_hold=2)
+    snaps = _GateSnapshots()
+    trainer = quiet_trainer(max_epochs=2, callbacks=[snaps], limit_val_batches=0)
+    trainer.fit(module, datamodule=tiny_data())  # 4 steps an epoch
+    assert len(snaps.gates) == 8
+    assert not torch.equal(snaps.gates[2], snaps.gates[3])  # the gates still moved at step 4 ...
+    assert all(torch.equal(g, snaps.gates[3]) for g in snaps.gates[4:])  # ... and never after it
+    assert (snaps.gates[-1] == 0).any()
+    assert not any(p.requires_grad for p in gate_parameters(module.net))
+    assert module.get_extra_state()["frozen_gates"]  # resumes keep them frozen
+
+
+@pytest.mark.parametrize("bad", [0, 1.5, -0.2, True, "half"])
+def test_settle_at_must_be_a_fraction(bad):
+    with pytest.raises(ValueError, match="settle_at must be a fraction of the training steps in"):
+        SSSModule(tiny_net(), settle_at=bad)

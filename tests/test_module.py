@@ -176,7 +176,7 @@ class _GateSnapshots(__import__("lightning").Callback):
 
 
 def test_settle_at_fixes_the_structure_after_that_fraction_of_the_steps_and_the_weights_go_on():
-    module = SSSModule(tiny_net(gates="both"), gamma=2.0, settle_at=0.5, gate_rescale=True, zero_hold=2)
+    module = SSSModule(tiny_net(gates="both"), gamma=1.2, settle_at=0.5, gate_rescale=True, zero_hold=2)
     snaps = _GateSnapshots()
     trainer = quiet_trainer(max_epochs=2, callbacks=[snaps], limit_val_batches=0)
     trainer.fit(module, datamodule=tiny_data())  # 4 steps an epoch

@@ -77,6 +77,7 @@ from typing_extensions import override
 from sss_lightning.flops import count_flops
 from sss_lightning.io import apply_spec, architecture_spec
 from sss_lightning.models import build_model
+from sss_lightning.module import classification_step
 from sss_lightning.shrink import carry_optimizer_state, carry_scheduler_state, rewrap_distributed
 
 __all__ = ["PlainClassifier", "TorchPruningBaseline", "DEFAULT_REG", "METHODS"]
@@ -180,14 +181,7 @@ class PlainClassifier(L.LightningModule):
         return self.net(x)
 
     def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str, metric: MulticlassAccuracy) -> Tensor:
-        x, y = batch
-        logits = self(x)
-        loss = self.criterion(logits, y)
-        metric(logits, y)
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step)
-        self.log(f"{stage}/acc", metric, on_step=on_step, on_epoch=True, prog_bar=True)
-        return loss
+        return classification_step(self, batch, stage, metric)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss = self._shared_step(batch, "train", self.train_acc)

@@ -34,6 +34,21 @@ __all__ = ["SSSModule", "SSSClassifier", "load_sss_checkpoint"]
 Schedule = Literal["cosine", "step", "constant"]
 
 
+def classification_step(
+    module: L.LightningModule, batch: tuple[Tensor, Tensor], stage: str, metric: MulticlassAccuracy
+) -> Tensor:
+    """Cross-entropy and accuracy of one batch through ``module`` (which has a ``criterion``), logged as
+    ``<stage>/loss`` and ``<stage>/acc``: per step and epoch in training, per epoch (synced) otherwise."""
+    x, y = batch
+    logits = module(x)
+    loss = module.criterion(logits, y)
+    metric(logits, y)
+    on_step = stage == "train"
+    module.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step)
+    module.log(f"{stage}/acc", metric, on_step=on_step, on_epoch=True, prog_bar=True)
+    return loss
+
+
 def _infer_num_classes(net: nn.Module) -> int | None:
     linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
     return linears[-1].out_features if linears else None
@@ -177,14 +192,7 @@ class SSSModule(L.LightningModule):
         return self.net(x)
 
     def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str, metric: MulticlassAccuracy) -> Tensor:
-        x, y = batch
-        logits = self(x)
-        loss = self.criterion(logits, y)
-        metric(logits, y)
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step)
-        self.log(f"{stage}/acc", metric, on_step=on_step, on_epoch=True, prog_bar=True)
-        return loss
+        return classification_step(self, batch, stage, metric)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         if self.example_input_array is None:  # one input's shape, for FLOPs counting and surgery reports

@@ -73,16 +73,8 @@ def test_gamma_zero_is_exactly_torch_nesterov_sgd_under_a_schedule():
 
 
 def _official_apgnag(x, grads, lr, mu, gamma):
-    """Literal transcription of the official MXNet APGNAG update (velocity in parameter units)."""
-    v = np.zeros_like(x)
-    for g in grads:
-        v = mu * v
-        z = x - lr * g
-        z = np.sign(z) * np.maximum(0.0, np.abs(z) - lr * gamma)
-        v = z - x + v
-        x = z + mu * v
-        x = np.maximum(0.0, x)
-    return x
+    """Literal transcription of the official MXNet APGNAG update at a constant learning rate."""
+    return _official_apgnag_scheduled(x, grads, [lr] * len(grads), mu, gamma)
 
 
 def test_apg_step_for_step_equals_the_official_update():
@@ -193,8 +185,8 @@ def test_param_group_overrides_are_validated_with_the_group_index():
 
 
 def _official_apgnag_scheduled(x, grads, lrs, mu, gamma, wd=0.0):
-    """MXNet APGNAG (core/optimizer.py of the official code), one learning rate per step, velocity in
-    parameter units, wd added to the gradient, gates clamped at 0."""
+    """Literal transcription of the official MXNet APGNAG (core/optimizer.py of the official code), one
+    learning rate per step, velocity in parameter units, wd added to the gradient, gates clamped at 0."""
     v = np.zeros_like(x)
     for g, lr in zip(grads, lrs, strict=True):
         g = g + wd * x

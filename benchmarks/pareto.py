@@ -91,14 +91,15 @@ def run_one(method: str, knob: Any, seed: int, args, runs: list[dict]) -> dict:
     callbacks: list[L.Callback] = []
     monitor = GateMonitor(log_every_n_steps=10**9, plots=False)
     surgery = StructuralSurgery(dirpath=args.out_dir, filename=f"{method}-{knob}-{seed}.pt")
-    tp = None
+    tp = budget = None
     fixed_epoch = args.epochs - args.finetune_epochs
     if method == "sss":
         module = SSSClassifier(gates="both", gamma=knob, **common)
         callbacks += [monitor, surgery]
     elif method == "sss_budget":
         module = SSSClassifier(gates="both", gamma=args.budget_gamma, **common)
-        callbacks += [monitor, MacsBudget(knob, by_epoch=fixed_epoch), InTrainingShrink(), surgery]
+        budget = MacsBudget(knob, by_epoch=fixed_epoch)
+        callbacks += [monitor, budget, InTrainingShrink(), surgery]
     elif method == "uniform":
         module = SSSClassifier(gates="channel", freeze_gates=True, arch_kwargs={"width": int(knob)}, **common)
     elif method in MATCHED:
@@ -145,6 +146,8 @@ def run_one(method: str, knob: Any, seed: int, args, runs: list[dict]) -> dict:
         row["churn_per_epoch"] = [c["gates/churn"] for c in monitor.churn]
     if tp is not None:
         row["tp_report"] = dict(tp.report)
+    if method == "sss_budget" and budget.result:  # where the gamma controller alone had brought the network
+        row["controller_vs_budget"] = budget.result["macs_reached"] / budget.result["target_macs"] - 1
     return row
 
 

@@ -101,8 +101,8 @@ class SSSModule(L.LightningModule):
         cost_weighted: bool = False,
         input_size: Sequence[int] | None = None,
         freeze_gates: bool = False,
-        gate_rescale: bool = False,
-        zero_hold: int = 0,
+        gate_rescale: bool = True,
+        zero_hold: int = 100,
         gate_momentum_units: Literal["gradient", "parameter"] = "gradient",
         settle_at: float | None = None,
     ) -> None:

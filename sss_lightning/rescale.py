@@ -66,13 +66,13 @@ def gate_pairs(model: nn.Module) -> tuple[list[GatePair], list[str]]:
 
 @torch.no_grad()
 def rescale_gates(pairs: list[GatePair], optimizer: Optimizer | None = None) -> None:
-    """Divide each pair's gates by their maximum and multiply its consumer's weight by it, in place
+    """Divide each pair's gates by their largest magnitude and multiply its consumer's weight by it, in place
     (outputs unchanged up to float rounding); frozen gates (``requires_grad=False``) and layers whose
     gates are all zero are left alone. ``optimizer``'s momentum state is rescaled to match."""
     pairs = [p for p in pairs if p.gate.scale.requires_grad]
     if not pairs:
         return
-    maxima = torch.stack([p.gate.scale.detach().max() for p in pairs])
+    maxima = torch.stack([p.gate.scale.detach().abs().max() for p in pairs])
     factors = torch.where(maxima > 0, maxima, torch.ones_like(maxima)).tolist()  # one device sync
     state = optimizer.state if optimizer is not None else {}
     for pair, s in zip(pairs, factors, strict=True):

@@ -41,7 +41,9 @@ def test_paper_defaults():
 
 @pytest.mark.parametrize("mode", ["apg", "ista"])
 def test_training_drives_gates_to_exact_zero_with_proximal_modes(mode):
-    module = SSSModule(tiny_net(), gamma=0.5, gate_mode=mode, schedule="constant")
+    # rescaled gates start level with their layer's largest one: ISTA (no momentum) needs a larger gamma
+    # than the 0.5 it needed when whole layers fell together
+    module = SSSModule(tiny_net(), gamma=2.0, gate_mode=mode, schedule="constant")
     fit(module)
     gates = torch.cat([p.detach() for p in gate_parameters(module.net)])
     assert (gates == 0).any(), gates
@@ -50,7 +52,8 @@ def test_training_drives_gates_to_exact_zero_with_proximal_modes(mode):
 
 
 def test_sgd_baseline_shrinks_gates_but_gives_no_exact_zero():
-    module = SSSModule(tiny_net(), gamma=0.5, gate_mode="sgd", schedule="constant")
+    # without rescaling: rescaled gates have a largest magnitude of 1 per layer whatever the optimizer does
+    module = SSSModule(tiny_net(), gamma=0.5, gate_mode="sgd", schedule="constant", gate_rescale=False)
     assert module.gate_nonnegative is False
     fit(module)
     gates = torch.cat([p.detach() for p in gate_parameters(module.net)])

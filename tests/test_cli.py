@@ -63,6 +63,9 @@ def test_budget_config_lands_shrinks_and_prunes(tmp_path, monkeypatch, fashion_g
             "--data.init_args.batch_size=16",
             "--data.init_args.num_workers=0",
             "--model.init_args.arch_kwargs={width: 4}",
+            # absolute: W&B fixes its root directory at its first setup in the process, which may have
+            # been another test's working directory, so a relative save_dir could land in the checkout
+            f"--trainer.logger.init_args.save_dir={tmp_path / 'runs' / 'fashion_mnist_budget'}",
         ]
     )
     budget = next(c for c in cli.trainer.callbacks if type(c).__name__ == "MacsBudget")

@@ -75,7 +75,8 @@ def test_gradient_accumulation_steps_gates_once_per_accumulated_batch(tmp_path):
         def on_train_batch_end(self, trainer, pl_module, *args):
             seen.append(torch.cat([p.detach().flatten() for p in gate_parameters(pl_module.net)]).clone())
 
-    module = tiny(gamma=0.3, schedule="cosine")
+    # pinned zeros (zero_hold) and a settled structure (settle_at) would look like skipped steps
+    module = tiny(gamma=0.3, schedule="cosine", zero_hold=0, settle_at=None)
     t = trainer(tmp_path, [Record()], max_epochs=2, accumulate_grad_batches=2)
     t.fit(module, datamodule=data())
     assert t.global_step == 4  # 8 batches, one optimizer step per 2

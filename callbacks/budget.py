@@ -124,6 +124,8 @@ class MacsBudget(Callback):
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if hasattr(pl_module, "settled_by"):  # the budget's deadline fixes the structure, not the module's settle_at
+            pl_module.settled_by = "MacsBudget"
         size = require_input_size(self.input_size, pl_module, "MacsBudget")
         self._estimator = MacEstimator(pl_module.net, size)
         if self.result is not None:

@@ -81,7 +81,8 @@ class SSSModule(L.LightningModule):
             official APGNAG); see :mod:`sss_lightning.optim`.
         settle_at: after this fraction of the training steps, freeze every gate (the zero set is then the
             selection and the rest of the run trains the weights of that structure, without the L1 pull;
-            add :class:`~sss_lightning.callbacks.InTrainingShrink` to train it at its smaller size).
+            add :class:`~sss_lightning.callbacks.InTrainingShrink` to train it at its smaller size). A
+            callback that fixes the structure itself (``MacsBudget``) takes over by setting ``settled_by``.
     """
 
     def __init__(
@@ -104,7 +105,7 @@ class SSSModule(L.LightningModule):
         gate_rescale: bool = True,
         zero_hold: int = 100,
         gate_momentum_units: Literal["gradient", "parameter"] = "gradient",
-        settle_at: float | None = None,
+        settle_at: float | None = 0.75,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
@@ -176,6 +177,7 @@ class SSSModule(L.LightningModule):
         self._reshaped = False  # the network was replaced by a smaller one (shrink or surgery)
         # after shrink(): per surviving gate, the positions its entries had in the gate before the shrink
         self.shrunk_gates: dict[str, Tensor] = {}
+        self.settled_by: str | None = None  # a callback that fixes the structure itself (MacsBudget)
         self.criterion = nn.CrossEntropyLoss()
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -228,7 +230,7 @@ class SSSModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         settle = self.hparams.get("settle_at")
-        if settle is None:
+        if settle is None or self.settled_by is not None:
             return
         trainable = [p for p in gate_parameters(self.net) if p.requires_grad]
         if trainable and self.trainer.global_step >= math.ceil(settle * self.trainer.estimated_stepping_batches):
@@ -266,6 +268,7 @@ class SSSModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        _drop_frozen_gate_groups(checkpoint)
         record = checkpoint.get("sss", {})
         shape = record.get("input_shape")
         if shape and self.example_input_array is None:
@@ -480,16 +483,50 @@ class SSSClassifier(SSSModule):
         return build_model(self.arch, **self.arch_kwargs)
 
 
+def _drop_frozen_gate_groups(checkpoint: dict[str, Any]) -> None:
+    """A checkpoint taken after the gates were frozen (settle_at, FreezeGates, MacsBudget) may still hold
+    the gate param groups the optimizer was built with, while the resumed module builds its optimizer
+    without frozen gates: drop those groups (with their state and LR-schedule entries) so it resumes."""
+    extra = (checkpoint.get("state_dict") or {}).get("_extra_state") or {}
+    frozen = set(extra.get("frozen_gates") or [])
+    if not frozen:
+        return
+    for i, opt in enumerate(checkpoint.get("optimizer_states") or []):
+        groups = opt.get("param_groups", [])
+        drop = [
+            k
+            for k, g in enumerate(groups)
+            if str(g.get("name", "")) == "gates" or str(g.get("name", "")).removeprefix("gates:") in frozen
+        ]
+        drop = [k for k in drop if str(groups[k].get("name", "")).startswith("gates")]
+        if not drop:
+            continue
+        gone = {pid for k in drop for pid in groups[k]["params"]}
+        opt["param_groups"] = [g for k, g in enumerate(groups) if k not in drop]
+        opt["state"] = {pid: v for pid, v in opt.get("state", {}).items() if pid not in gone}
+        schedulers = checkpoint.get("lr_schedulers") or []
+        if i < len(schedulers):
+            for key in ("base_lrs", "_last_lr"):
+                values = schedulers[i].get(key)
+                if isinstance(values, list) and len(values) == len(groups):
+                    schedulers[i][key] = [v for k, v in enumerate(values) if k not in drop]
+
+
 def network_of(module: dict[str, Any]) -> nn.Module:
     """The network an SSSModule subclass builds in ``build_network()``, from the subclass's construction
     record ``{"name": "package.module:Class", "kwargs": hyper-parameters}``: how a pruned file of such a
     network is rebuilt in a fresh process (its record names this function)."""
     cls = resolve_import_path(module["name"])
+    if not (isinstance(cls, type) and issubclass(cls, SSSModule)):
+        raise TypeError(f"{module['name']} is not an SSSModule subclass, so network_of() does not build it")
     kwargs = dict(module["kwargs"])
     parameters = inspect.signature(cls.__init__).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         kwargs = {k: v for k, v in kwargs.items() if k in parameters}  # as load_from_checkpoint does
     return cls(**kwargs).net
+
+
+network_of.sss_builder = True  # records may name it (see models.registry._may_build)
 
 
 def _record_built_network(module: SSSModule) -> None:

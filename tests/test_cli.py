@@ -491,7 +491,7 @@ def test_export_checks_its_arguments(args, expected, tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["--names", "[resnet20, resnet9000]"], "--names: unknown model(s) ['resnet9000']; known models: resnet110"),
+        (["--names", "[resnet20, resnet9000]"], "--names: unknown model(s) ['resnet9000']; known models: "),
         (["--zero_fraction", "1.5"], "--zero_fraction must be in [0, 1]"),
         (["--zero_fraction", "-0.1"], "--zero_fraction must be in [0, 1]"),
         (["--num_classes", "0"], "--num_classes must be a positive int, got 0"),

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sss_lightning.io import PrunedFileError, load_pruned, save_pruned
+from sss_lightning.models.registry import build_from_record
 from tests.test_io import pruned_resnet
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -349,3 +350,12 @@ def test_unpicklable_payload_is_named(tmp_path):
                 data = pickle.dumps(print)  # a global weights_only must not call
             dst.writestr(info, data)
     refused(path, r"cannot read .*model\.pt")
+
+
+@pytest.mark.parametrize("name", ["os:system", "subprocess:run", "builtins:eval", "sss_lightning.export:export_model"])
+def test_a_record_cannot_make_the_loader_call_anything_but_a_network_builder(tmp_path, name):
+    marker = tmp_path / "called"
+    kwargs = {"command": f"touch {marker}"} if name == "os:system" else {"args": ["touch", str(marker)]}
+    with pytest.raises(TypeError, match="is not a network builder"):
+        build_from_record({"name": name, "kwargs": kwargs})
+    assert not marker.exists()

@@ -131,6 +131,19 @@ def _nested_records(record: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
+def _may_build(obj: Any) -> bool:
+    """Whether a record may call ``obj``: an nn.Module class, a registered builder, a function of the model
+    packages, or one marked ``sss_builder = True`` in code (whatever a pruned file names is called, so nothing
+    else may be reached through one)."""
+    if isinstance(obj, type):
+        return issubclass(obj, nn.Module)
+    if any(obj is fn for fn in _REGISTRY.values()) or getattr(obj, "sss_builder", False) is True:
+        return True
+    module = getattr(obj, "__module__", None) or ""
+    trusted = ("sss_lightning.models", "torchvision.models")
+    return inspect.isfunction(obj) and any(module == t or module.startswith(t + ".") for t in trusted)
+
+
 def build_from_record(record: dict[str, Any]) -> nn.Module:
     """The network a construction record describes, freshly built (its weights are the builder's init).
 
@@ -140,7 +153,15 @@ def build_from_record(record: dict[str, Any]) -> nn.Module:
     name, kwargs = record["name"], dict(record["kwargs"])
     if ":" not in name:
         return build_model(name, **kwargs)
-    model = resolve_import_path(name)(**kwargs)
+    builder = resolve_import_path(name)
+    if not _may_build(builder):
+        raise TypeError(
+            f"{name} is not a network builder: a record may name an nn.Module class, a registered builder, or a "
+            "model builder of sss_lightning.models / torchvision.models, so a file cannot make the loader call "
+            "anything else. Fix: register the builder with @register_model, or decorate the class with "
+            "@sss_lightning.rebuildable"
+        )
+    model = builder(**kwargs)
     if not isinstance(model, nn.Module):
         raise TypeError(f"{name}(**{kwargs}) returned a {type(model).__name__}, not an nn.Module")
     setattr(model, _RECORD, {"name": name, "kwargs": kwargs})

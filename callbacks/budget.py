@@ -136,6 +136,8 @@ class MacsBudget(Callback):
                 "MacsBudget steers the gates' gamma, but the optimizer has no gate param group (named 'gates'); "
                 "use an SSSModule with trainable gates"
             )
+        for group in groups:  # the controller relies on zero gates coming back when the network is too cheap
+            group["zero_hold"] = 0
         if not self.base_gamma:  # a fresh run (a resumed one restores these and the groups' gamma)
             self.base_gamma = {g["name"]: float(g["gamma"]) for g in groups}
             self.full_macs = float(self._estimator(pl_module.net))

@@ -236,6 +236,7 @@ class SSSModule(L.LightningModule):
         if trainable and self.trainer.global_step >= math.ceil(settle * self.trainer.estimated_stepping_batches):
             for p in trainable:
                 p.requires_grad_(False)
+            rewrap_distributed(self.trainer)  # DDP registered the gates for all-reduce; frozen, they get no grad
             rank_zero_info(
                 f"SSSModule: structure settled at step {self.trainer.global_step} (settle_at={settle}): gates frozen"
             )

@@ -23,8 +23,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .gates import ChannelGate, GroupGate
-from .models.blocks import GatedResidual
-from .models.registry import build_from_record, record_problem
+from .records import build_from_record, record_problem
+from .residual import GatedResidual
 
 __all__ = [
     "FORMAT",

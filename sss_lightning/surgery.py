@@ -11,7 +11,7 @@ sit*, which is why one code path serves every architecture built from these two 
   *consumer*; only zero-preserving, positively homogeneous layers such as ReLU, pooling, dropout and
   flatten may stand between). Zero gates cut the channels from producer and consumer; non-zero gates
   are folded into the consumer's input weights.
-* a :class:`~sss_lightning.models.blocks.GatedResidual`: a zero :class:`~sss_lightning.gates.BlockGate`
+* a :class:`~sss_lightning.residual.GatedResidual`: a zero :class:`~sss_lightning.gates.BlockGate`
   removes the branch (the block becomes its shortcut); a non-zero one is folded into the branch's last
   BN/conv. A branch whose inner channels are all cut becomes the constant it outputs.
 
@@ -41,7 +41,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import skip_init
 
 from .gates import Gate, GroupGate, iter_gates
-from .models.blocks import GatedResidual
+from .residual import GatedResidual
 
 __all__ = [
     "SurgeryError",

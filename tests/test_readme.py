@@ -1,4 +1,4 @@
-"""The README's Python snippets for adding an architecture run as written."""
+"""The Python examples of the README and the docs run as written, and the tests the docs name exist."""
 
 import re
 
@@ -6,13 +6,33 @@ import torch
 
 from tests.conftest import REPO
 
-
-def _python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+DOCS = REPO / "docs"
 
 
-def test_readme_architecture_examples_build_gated_modules():
-    blocks = [b for b in _python_blocks() if "ChannelGate" in b and "TinyMobileNet" not in b]
+def _python_blocks(page: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (REPO / page).read_text(), flags=re.S)
+
+
+def test_readme_python_example_trains_prunes_saves_and_reloads(tmp_path, monkeypatch):
+    from sss_lightning import count_flops
+    from tests.test_surgery import assert_same_outputs
+
+    (block,) = _python_blocks("README.md")
+    monkeypatch.chdir(tmp_path)  # the example writes pruned.pt into the current directory
+    namespace: dict = {}
+    exec(block, namespace)
+    net, small, same = namespace["model"].net.eval(), namespace["small"].eval(), namespace["same"].eval()
+    assert (tmp_path / "pruned.pt").is_file()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert small(x).shape == (2, 10)
+        torch.testing.assert_close(same(x), small(x))
+    assert_same_outputs(net, small, x)
+    assert count_flops(small, (1, 28, 28)).macs <= count_flops(net, (1, 28, 28)).macs
+
+
+def test_docs_architecture_examples_build_gated_modules():
+    blocks = [b for b in _python_blocks("docs/architectures.md") if "ChannelGate" in b and "TinyMobileNet" not in b]
     assert len(blocks) == 2
     namespace: dict = {}
     for block in blocks:
@@ -25,14 +45,14 @@ def test_readme_architecture_examples_build_gated_modules():
         assert [g["name"] for g in m.param_groups()] == ["weights", "gates"]
 
 
-def test_readme_mobilenet_example_trains_prunes_and_cuts_the_depthwise_conv():
+def test_docs_mobilenet_example_trains_prunes_and_cuts_the_depthwise_conv():
     import lightning as L
 
     from sss_lightning import prune
     from sss_lightning.data import SyntheticDataModule
     from tests.test_surgery import assert_same_outputs, randomize_bn
 
-    (block,) = [b for b in _python_blocks() if "class TinyMobileNet" in b]
+    (block,) = [b for b in _python_blocks("docs/architectures.md") if "class TinyMobileNet" in b]
     namespace: dict = {}
     exec(block, namespace)
     module = namespace["TinyMobileNet"](gamma=0.3, schedule="constant")
@@ -53,10 +73,10 @@ def test_readme_mobilenet_example_trains_prunes_and_cuts_the_depthwise_conv():
     assert_same_outputs(net, pruned, torch.randn(2, 1, 8, 8))
 
 
-def test_readme_baselines_example_builds_each_method():
+def test_docs_baselines_example_builds_each_method():
     from sss_lightning.callbacks import MagnitudePruning
 
-    (block,) = [b for b in _python_blocks() if "NetworkSlimming" in b]
+    (block,) = [b for b in _python_blocks("docs/guide.md") if "NetworkSlimming" in b]
     namespace: dict = {}
     exec(block, namespace)
     x = torch.randn(2, 1, 28, 28)
@@ -65,3 +85,25 @@ def test_readme_baselines_example_builds_each_method():
     assert [g["name"] for g in namespace["slimming"].param_groups()] == ["weights", "bn_scales"]
     assert namespace["thin"].net.stem[0].out_channels == 10
     assert all(isinstance(namespace[k], MagnitudePruning) for k in ("prune_ns", "prune_l1"))
+
+
+# `tests/test_x.py::test_name`, optionally with a parametrized case: `...::test_name[case]` (`...` = any suffix)
+_TEST_REF = re.compile(r"tests/(test_\w+\.py)::(test_\w+)(?:\[([^\]]*)\])?")
+
+
+def test_every_test_named_by_the_guarantees_and_bad_input_pages_exists():
+    checked = 0
+    for page in ("guarantees.md", "bad-input.md"):
+        refs = _TEST_REF.findall((DOCS / page).read_text())
+        assert len(refs) >= 10, f"docs/{page} names only {len(refs)} tests"
+        for file, name, case in refs:
+            path = REPO / "tests" / file
+            assert path.is_file(), f"docs/{page} names {file}, which is not in tests/"
+            source = path.read_text()
+            assert re.search(rf"^\s*(async\s+)?def {name}\(", source, flags=re.M), (
+                f"docs/{page} names tests/{file}::{name}, which is not defined there"
+            )
+            case = case.replace("...", "").strip()
+            assert case in source, f"docs/{page} names the case [{case}] of tests/{file}::{name}, not in that file"
+            checked += 1
+    assert checked >= 80

@@ -3,7 +3,7 @@
 One class serves every parameter: each param group carries its own ``gamma`` (L1 strength),
 ``weight_decay``, ``mode`` and ``nonnegative``. With ``gamma=0`` the ``"apg"`` step is exactly Nesterov
 SGD (torch ``SGD(nesterov=True)`` / MXNet NAG), so SSS puts weights and gates in two groups of one
-optimizer. The equations are those of the official ``APGNAG`` (see ``shared/SSS_METHOD.md``)::
+optimizer. The equations are those of the official ``APGNAG`` (the authors' MXNet optimizer)::
 
     v <- mu*v;  z <- soft(x - lr*g, lr*gamma);  v <- z - x + v;  x <- z + mu*v;  x <- max(0, x)
 

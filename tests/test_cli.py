@@ -324,7 +324,7 @@ def _error_line(capsys) -> str:
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_option_value_and_fix(override, expected, tiny_config, tmp_path, capsys):
-    """Used to end in a 70-line traceback through jsonargparse with exit code 1."""
+    """One line and exit code 2, not a 70-line traceback through jsonargparse with exit code 1."""
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--config", str(tiny_config), override])
     assert exc.value.code == 2
@@ -356,7 +356,7 @@ def test_console_script_error_has_no_traceback_and_a_non_zero_exit(tiny_config):
 
 
 def test_help_lists_every_subcommand():
-    """Used to list only LightningCLI's fit/validate/test/predict."""
+    """Not only LightningCLI's fit/validate/test/predict: prune, export and models too."""
     out = subprocess.run(["sss-lightning", "--help"], capture_output=True, text=True, check=True).stdout
     for command in ("fit", "validate", "test", "predict", "prune", "export", "models"):
         assert re.search(rf"^  {command} +\S", out, re.MULTILINE), (command, out)
@@ -385,7 +385,7 @@ def _prune_error(argv, capsys) -> str:
 
 
 def test_prune_of_an_empty_or_truncated_checkpoint_is_a_clear_error(tmp_path, capsys):
-    """`prune --ckpt empty.ckpt` used to end in a raw EOFError traceback."""
+    """`prune --ckpt empty.ckpt` is a one-line error, not a raw EOFError traceback."""
     (tmp_path / "empty.ckpt").write_bytes(b"")
     assert "--ckpt" in _prune_error(["--ckpt", str(tmp_path / "empty.ckpt")], capsys)
     assert "is empty (0 bytes" in _prune_error(["--ckpt", str(tmp_path / "empty.ckpt")], capsys)
@@ -418,7 +418,7 @@ def test_prune_checks_its_arguments_before_any_work(args, expected, tmp_path, ca
 
 
 def test_prune_into_an_existing_folder_leaves_nothing_behind(tmp_path, capsys):
-    """`prune --out <existing dir>` used to fail after the work and leave <dir>.tmp next to it."""
+    """`prune --out <existing dir>` fails before the work and leaves no <dir>.tmp next to it."""
     ckpt = _train_checkpoint(tmp_path)
     (tmp_path / "out").mkdir()
     before = sorted(p.name for p in tmp_path.iterdir())

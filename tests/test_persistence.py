@@ -1,5 +1,5 @@
 """The persistence contract: whatever trains can be pruned, saved, snapshotted, resumed after a shrink and
-reloaded in a fresh process with equal outputs, for every way of bringing a network (issue 17).
+reloaded in a fresh process with equal outputs, for every way of bringing a network.
 
 The matrix is {registry ResNet-20, VGG-11, ResNet-50, an SSSModule subclass with build_network, a user's
 own @rebuildable nn.Module, a torchvision ResNet-18 gated by add_gates} x {save_pruned + fresh-process

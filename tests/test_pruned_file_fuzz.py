@@ -54,7 +54,7 @@ def test_the_good_file_loads(good):
 
 
 def test_zero_byte_file(tmp_path):
-    """Used to fail inside the error handler itself (IndexError on EOFError's empty message)."""
+    """The error handler itself must not fail here (an IndexError on EOFError's empty message)."""
     path = tmp_path / "empty.pt"
     path.write_bytes(b"")
     refused(path, r"is empty \(0 bytes\)")

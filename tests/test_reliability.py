@@ -163,11 +163,11 @@ def test_snapshot_files_reload(tmp_path):
     assert load_pruned(tmp_path / "snapshots" / "snapshot-epoch001.pt").sss_metadata["epoch"] == 1
 
 
-# --- prune() of a network without gates (issue 17, item 7) -------------------------------------------
+# --- prune() of a network without gates ------------------------------------------------------------
 
 
 def test_prune_of_a_network_without_gates_is_an_error_that_says_what_to_do():
-    """Used to return a copy silently: a user pruning the wrong network got no hint."""
+    """Not a silent copy: a user pruning the wrong network gets told."""
     from sss_lightning import prune
     from sss_lightning.models import build_model
     from sss_lightning.surgery import SurgeryError
@@ -220,7 +220,7 @@ def test_monitor_and_snapshots_keep_working_while_fine_tuning_the_pruned_network
     ]
 
 
-# --- StructuralSurgery, count_flops and export_model (issue 17, items 8 and 9) --------------------------
+# --- StructuralSurgery, count_flops and export_model ---------------------------------------------------
 
 
 class CountingSurgery(StructuralSurgery):
@@ -242,7 +242,7 @@ class CountingSurgery(StructuralSurgery):
 @pytest.mark.filterwarnings("ignore:StructuralSurgery. no gate reached exactly zero")
 @pytest.mark.parametrize("limit, expected", [(2, 2), (0.25, 2), (1.0, 8)])
 def test_surgery_evaluation_honours_limit_val_batches(tmp_path, limit, expected):
-    """It used to run the pruned network over the whole validation set whatever limit_val_batches said."""
+    """The pruned network is evaluated on no more validation batches than limit_val_batches allows."""
     surgery = CountingSurgery()
     t = trainer(tmp_path, [surgery], max_steps=1, limit_val_batches=limit, num_sanity_val_steps=0)
     t.fit(tiny(gamma=0.3), datamodule=data(val_size=128))  # 8 validation batches of 16
@@ -251,7 +251,7 @@ def test_surgery_evaluation_honours_limit_val_batches(tmp_path, limit, expected)
 
 
 def test_count_flops_keeps_fractional_macs(monkeypatch):
-    """A handle counting 3.5 MACs used to be reported as 3 (int() truncation)."""
+    """A handle counting 3.5 MACs is reported as 3.5, not truncated to 3 by int()."""
     from sss_lightning import count_flops, flops
 
     monkeypatch.setitem(flops._MAC_HANDLES, "aten::linear", lambda inputs, outputs: 3.5)
@@ -264,7 +264,7 @@ def test_count_flops_keeps_fractional_macs(monkeypatch):
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_export_restores_the_callers_train_or_eval_mode(tmp_path, training):
-    """export_model used to leave a training model in eval mode (BN statistics then stop updating)."""
+    """export_model leaves a training model in train mode (in eval mode its BN statistics would stop updating)."""
     from sss_lightning.export import export_model
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())

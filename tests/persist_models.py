@@ -1,7 +1,8 @@
 """Networks from outside the registry, in an importable module as a user's own would be: the README's
 three ways to bring an architecture (an SSSModule subclass with ``build_network``, an ``nn.Module`` class
 of one's own declaring gates, a torchvision model gated by ``add_gates``), for tests/test_persistence.py.
-A fresh process imports this module by name to rebuild them."""
+A fresh process imports this module by name to rebuild them (construction records name it, as
+"tests.persist_models:GatedConvNet"), so it is a module of networks, not a test module, and keeps its name."""
 
 from __future__ import annotations
 

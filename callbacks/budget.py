@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -13,17 +12,14 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+from sss_lightning.budget import GammaController, land, projection_moves, revival_moves
 from sss_lightning.flops import MacEstimator
+from sss_lightning.gate_groups import GateGroup, gate_groups
 from sss_lightning.gates import gate_parameters
 from sss_lightning.optim import APG
 from sss_lightning.surgery import prune
 
 from .input_size import check_input_size, require_input_size
-
-
-def _gate_groups(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
-    """SSSModule names its gate param groups ``gates`` or ``gates:<path>`` (cost-weighted)."""
-    return [g for g in optimizer.param_groups if str(g.get("name", "")).startswith("gates")]
 
 
 @contextmanager
@@ -84,12 +80,9 @@ class MacsBudget(Callback):
             )
         if isinstance(by_epoch, bool) or not isinstance(by_epoch, int) or by_epoch < 1:
             raise ValueError(f"by_epoch must be an epoch number >= 1, got {by_epoch!r}")
-        if not 0 < tolerance < 1:
-            raise ValueError(f"tolerance must be in (0, 1), e.g. 0.03 for within 3%, got {tolerance!r}")
         if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
             raise ValueError(f"every_n_steps must be a positive int, got {every_n_steps!r}")
-        if not gain > 0 or not max_change > 1:
-            raise ValueError(f"need gain > 0 and max_change > 1, got gain={gain!r}, max_change={max_change!r}")
+        self.controller = GammaController(float(target_macs), tolerance, gain, max_change)  # checks them
         self.target_macs = float(target_macs)
         self.by_epoch = by_epoch
         self.tolerance = float(tolerance)
@@ -97,13 +90,21 @@ class MacsBudget(Callback):
         self.gain = float(gain)
         self.max_change = float(max_change)
         self.input_size = check_input_size(input_size)
-        self.scale = 1.0
         self.base_gamma: dict[str, float] = {}
         self.full_macs: float | None = None
         self.history: list[dict[str, float]] = []
         self.result: dict[str, Any] | None = None
         self._estimator: MacEstimator | None = None
         self._last_alive: list[torch.Tensor] | None = None  # each gate entry's last non-zero value seen
+
+    @property
+    def scale(self) -> float:
+        """The factor the controller applies to every gate group's starting gamma."""
+        return self.controller.scale
+
+    @scale.setter
+    def scale(self, value: float) -> None:
+        self.controller.scale = float(value)
 
     @property
     def target(self) -> float:
@@ -130,17 +131,18 @@ class MacsBudget(Callback):
         self._estimator = MacEstimator(pl_module.net, size)
         if self.result is not None:
             return  # resumed after the deadline: the gates stay frozen (the module's state records it)
-        groups = _gate_groups(trainer.optimizers[0])
+        groups = self._groups(trainer)
         if not groups:
             raise ValueError(
-                "MacsBudget steers the gates' gamma, but the optimizer has no gate param group (named 'gates'); "
+                "MacsBudget steers the gates' gamma, but the optimizer has no gate param group; "
                 "use an SSSModule with trainable gates"
             )
         for group in groups:  # the controller relies on zero gates coming back when the network is too cheap
-            group["zero_hold"] = 0
+            group.zero_hold = 0
         if not self.base_gamma:  # a fresh run (a resumed one restores these and the groups' gamma)
-            self.base_gamma = {g["name"]: float(g["gamma"]) for g in groups}
+            self.base_gamma = {g.name: g.gamma for g in groups}
             self.full_macs = float(self._estimator(pl_module.net))
+        self.controller.target = self.target
         if not any(v > 0 for v in self.base_gamma.values()):
             raise ValueError("MacsBudget scales gamma, which is 0; set the module's gamma > 0 (e.g. 0.01)")
         floor = self._floor(pl_module.net)
@@ -149,6 +151,10 @@ class MacsBudget(Callback):
                 f"MacsBudget: target {self.target:,.0f} MACs is outside what gates can reach, from "
                 f"{floor:,.0f} (every gate zero) to {self.full_macs:,.0f} (none); choose a target in between"
             )
+
+    @staticmethod
+    def _groups(trainer: L.Trainer) -> list[GateGroup]:
+        return gate_groups(trainer.optimizers[0], trainer.lightning_module.net)
 
     def _floor(self, net: torch.nn.Module) -> float:
         """MACs with every gate zero: the cheapest network these gates can select."""
@@ -172,18 +178,16 @@ class MacsBudget(Callback):
         """Per gate, how far the L1 step alone moves it in the next ``every_n_steps`` steps (momentum
         included): gates closer to zero than that count as gone, so the controller reacts before they are."""
         optimizer = trainer.optimizers[0]
-        if not isinstance(optimizer, APG):
+        if not isinstance(getattr(optimizer, "optimizer", optimizer), APG):
             raise TypeError(f"MacsBudget steers SSS's APG optimizer, got {type(optimizer).__name__}; use an SSSModule")
-        return {
-            id(p): optimizer.l1_drift(g, self.every_n_steps) for g in _gate_groups(optimizer) for p in g["params"]
-        }
+        return {id(p): g.l1_drift(self.every_n_steps) for g in self._groups(trainer) for p in g.params}
 
     def _set_gamma(self, trainer: L.Trainer) -> None:
-        for group in _gate_groups(trainer.optimizers[0]):
-            group["gamma"] = self.base_gamma.get(group["name"], 0.0) * self.scale
+        for group in self._groups(trainer):
+            group.gamma = self.base_gamma.get(group.name, 0.0) * self.scale
 
     def _log(self, trainer: L.Trainer, macs: float, ahead: float | None = None) -> None:
-        gamma = max((g["gamma"] for g in _gate_groups(trainer.optimizers[0])), default=0.0)
+        gamma = max((g.gamma for g in self._groups(trainer)), default=0.0)
         row = {
             "step": float(trainer.global_step),
             "macs": macs,
@@ -207,11 +211,7 @@ class MacsBudget(Callback):
         if self.history and self.history[-1]["step"] == trainer.global_step:
             return  # the same optimizer step (gradient accumulation)
         ahead = self._measure(pl_module.net, self._lookahead(trainer))
-        # aim at the upper half of the band: landing above it is fixed at the deadline, below it is not
-        ratio = ahead / (self.target * (1 + self.tolerance / 2))
-        if abs(ratio - 1) > self.tolerance / 2:
-            limit = math.log(self.max_change)
-            self.scale *= math.exp(max(-limit, min(limit, self.gain * math.log(ratio))))
+        if self.controller.update(ahead):
             self._set_gamma(trainer)
         self._log(trainer, self._measure(pl_module.net), ahead)
 
@@ -236,8 +236,6 @@ class MacsBudget(Callback):
         elif reached < self.target * (1 - self.tolerance):
             revived = self._revive(net)
         macs = self._measure(net)
-        for p in gate_parameters(net):
-            p.requires_grad_(False)
         self.result = {
             "epoch": trainer.current_epoch + 1,
             "step": trainer.global_step,
@@ -254,8 +252,9 @@ class MacsBudget(Callback):
             f"({off:+.1%} vs the budget {self.target:,.0f}; the controller reached {reached:,.0f}"
             + (f", then {projected} smallest gates were set to zero" if projected else "")
             + (f", then {revived} zero gates were given back their last value" if revived else "")
-            + "); gates frozen"
+            + ")"
         )
+        pl_module.settle(f"MacsBudget fixed the structure after epoch {self.result['epoch']}")
         if abs(off) > self.tolerance:
             rank_zero_warn(
                 f"MacsBudget: landed {off:+.1%} from the budget, outside the {self.tolerance:.0%} tolerance: the "
@@ -264,70 +263,24 @@ class MacsBudget(Callback):
                 "widen the tolerance"
             )
 
-    @torch.no_grad()
-    def _move(self, net: torch.nn.Module, moves: list[tuple[torch.Tensor, int, float]], cheaper: bool) -> int:
-        """Apply the fewest of ``moves`` (gate entry -> new value, in priority order) that bring the MACs into
-        the band: bisection for the first prefix that crosses the band's near edge, then, if one coarse
-        structure jumped across the whole band, skip it and go on one move at a time."""
-        gates = gate_parameters(net)
-        saved = [p.detach().clone() for p in gates]
-        low_edge, high_edge = self.target * (1 - self.tolerance), self.target * (1 + self.tolerance)
-
-        def apply(chosen: list[int]) -> float:
-            for p, s in zip(gates, saved, strict=True):
-                p.copy_(s)
-            for j in chosen:
-                p, i, value = moves[j]
-                p.view(-1)[i] = value
-            return self._measure(net)
-
-        def reached(macs: float) -> bool:
-            return macs <= high_edge if cheaper else macs >= low_edge
-
-        low, high = 0, len(moves)
-        while low < high:
-            mid = (low + high) // 2
-            if reached(apply(list(range(mid)))):
-                high = mid
-            else:
-                low = mid + 1
-        chosen = list(range(low))
-        macs = apply(chosen)
-        if not chosen or low_edge <= macs <= high_edge or not reached(macs):  # done, or nothing more to try
-            return len(chosen)
-        chosen.pop()  # the move that jumped across the band
-        for j in range(low, min(len(moves), low + 256)):
-            macs = apply([*chosen, j])
-            if low_edge <= macs <= high_edge:
-                return len(chosen) + 1
-            if not reached(macs):
-                chosen.append(j)
-        apply(chosen)
-        return len(chosen)
+    def _land(self, net: torch.nn.Module, moves: list, cheaper: bool) -> int:
+        edges = self.target * (1 - self.tolerance), self.target * (1 + self.tolerance)
+        return land(gate_parameters(net), moves, lambda: self._measure(net), *edges, cheaper=cheaper)
 
     def _project(self, net: torch.nn.Module) -> int:
         """Too expensive: zero the smallest non-zero gates."""
-        moves = [(p, i, 0.0) for p in gate_parameters(net) for i, v in enumerate(p.detach().flatten().tolist()) if v]
-        moves.sort(key=lambda m: abs(float(m[0].detach().view(-1)[m[1]])))
-        return self._move(net, moves, cheaper=True)
+        return self._land(net, projection_moves(gate_parameters(net)), cheaper=True)
 
     def _revive(self, net: torch.nn.Module) -> int:
         """Too cheap: give zero gates back their last non-zero value, the largest first, for the weights to
         train on in the remaining epochs."""
         assert self._last_alive is not None
-        moves = [
-            (p, i, float(last.flatten()[i]))
-            for p, last in zip(gate_parameters(net), self._last_alive, strict=True)
-            for i in (p.detach().flatten() == 0).nonzero().flatten().tolist()
-            if last.flatten()[i] != 0
-        ]
-        moves.sort(key=lambda m: -abs(m[2]))
-        return self._move(net, moves, cheaper=False)
+        return self._land(net, revival_moves(gate_parameters(net), self._last_alive), cheaper=False)
 
     @override
     def state_dict(self) -> dict[str, Any]:
         return {
-            "scale": self.scale,
+            "scale": self.controller.scale,
             "base_gamma": dict(self.base_gamma),
             "full_macs": self.full_macs,
             "history": [dict(r) for r in self.history],
@@ -337,7 +290,7 @@ class MacsBudget(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.scale = float(state_dict.get("scale", 1.0))
+        self.controller.load_state_dict(state_dict)
         self.base_gamma = dict(state_dict.get("base_gamma", {}))
         self.full_macs = state_dict.get("full_macs")
         self.history = [dict(r) for r in state_dict.get("history", [])]

@@ -7,25 +7,25 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from sss_lightning.flops import MacEstimator
-from sss_lightning.gates import gate_parameters, iter_gates
+from sss_lightning.gates import iter_gates
 from sss_lightning.surgery import prune
 
 from .input_size import check_input_size, require_input_size
 
 
 class FreezeGates(Callback):
-    """Freeze every gate (``requires_grad=False``: the optimizer then skips them) at the end of an epoch when
+    """Freeze every gate (the module's :meth:`~sss_lightning.module.SSSModule.settle`: its gate groups are
+    frozen and take no gradient) at the end of an epoch when
 
     * the set of exactly-zero gates has not changed for ``patience`` epochs, or
     * the network surgery would produce costs at most ``target_macs`` (absolute MACs if > 1, else a
       fraction of the unpruned network's MACs).
 
-    The weights keep training with the structure fixed. Frozen state is checkpointed and re-applied on
-    resume.
+    The weights keep training with the structure fixed. The frozen state is checkpointed (the optimizer's
+    gate groups and the module's state dict) and holds on resume.
     """
 
     def __init__(
@@ -56,14 +56,13 @@ class FreezeGates(Callback):
         target = self.target_macs if self.target_macs > 1 else self.target_macs * estimator(pl_module.net)
         return macs <= target
 
-    def _freeze(self, pl_module: L.LightningModule) -> None:
-        for p in gate_parameters(pl_module.net):
-            p.requires_grad_(False)
-
     @override
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.frozen_at is not None:  # resumed after freezing
-            self._freeze(pl_module)
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not callable(getattr(pl_module, "settle", None)):
+            raise TypeError(
+                f"FreezeGates freezes the gates through the module's settle(), which {type(pl_module).__name__} "
+                "lacks; use an SSSModule (or a subclass)"
+            )
 
     @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -74,10 +73,9 @@ class FreezeGates(Callback):
         self._last_pattern = pattern
         settled = self.patience is not None and self.stable_epochs >= self.patience
         if settled or self._budget_met(pl_module):
-            self._freeze(pl_module)
             self.frozen_at = trainer.current_epoch + 1
             reason = f"zero pattern unchanged for {self.stable_epochs} epochs" if settled else "MACs budget met"
-            rank_zero_info(f"FreezeGates: gates frozen after epoch {self.frozen_at} ({reason})")
+            pl_module.settle(f"FreezeGates after epoch {self.frozen_at} ({reason})")
             for logger in trainer.loggers:
                 logger.log_metrics({"gates/frozen": 1.0}, step=trainer.global_step)
 

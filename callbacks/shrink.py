@@ -9,6 +9,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
+from sss_lightning.gate_groups import structure_fixed
 from sss_lightning.gates import iter_gates
 
 
@@ -47,7 +48,7 @@ class InTrainingShrink(Callback):
             return False  # nothing to remove
         if epoch in self.epochs:
             return True
-        frozen = self.when_frozen and not any(g.requires_grad for g in gates)
+        frozen = self.when_frozen and structure_fixed(pl_module.net)
         return frozen and not any(row.get("frozen") for row in self.history)
 
     @override
@@ -55,7 +56,7 @@ class InTrainingShrink(Callback):
         epoch = trainer.current_epoch + 1
         if any(row["epoch"] == epoch for row in self.history) or not self._due(pl_module, epoch):
             return
-        frozen = not any(info.module.scale.requires_grad for info in iter_gates(pl_module.net))
+        frozen = structure_fixed(pl_module.net)
         counts = pl_module.shrink()
         self.history.append({"epoch": epoch, "step": trainer.global_step, "frozen": frozen, **counts})
         rank_zero_info(

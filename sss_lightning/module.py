@@ -1,37 +1,35 @@
 """SSSModule: the LightningModule that trains a gated network with one two-group APG optimizer.
 
 Weights go in one group (weight decay, ``gamma=0``: exactly Nesterov SGD), gates in the other (L1
-``gamma`` by proximal steps, no weight decay, non-negative as in the official code). Add an architecture
-by passing ``net=`` or by subclassing and overriding :meth:`SSSModule.build_network`.
+``gamma`` by proximal steps, no weight decay, non-negative as in the official code); see
+:mod:`sss_lightning.recipe`. Add an architecture by passing ``net=`` or by subclassing and overriding
+:meth:`SSSModule.build_network`. Reshaping the network (surgery, in-training shrink) and what
+checkpoints record of it live in :mod:`sss_lightning.reshaping`.
 """
 
 from __future__ import annotations
 
-import copy
-import importlib
-import inspect
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from . import recipe
+from .checkpoints import load_sss_checkpoint, network_of, record_built_network
 from .flops import structure_costs
+from .gate_groups import freeze_all, structure_fixed
 from .gates import gate_parameters, has_gates, iter_gates, sparsity
-from .io import apply_spec, architecture_spec, rebuild_problem
-from .models.registry import build_model, import_path, resolve_import_path
-from .optim import APG, validate_hparams
+from .models.registry import build_model
 from .rescale import gate_pairs, rescale_gates
-from .shrink import carry_optimizer_state, carry_scheduler_state, rewrap_distributed, slice_sources
+from .reshaping import NetworkReshaping
+from .shrink import rewrap_distributed
 
-__all__ = ["SSSModule", "SSSClassifier", "load_sss_checkpoint"]
-
-Schedule = Literal["cosine", "step", "constant"]
+__all__ = ["SSSModule", "SSSClassifier", "load_sss_checkpoint", "network_of", "classification_step"]
 
 
 def classification_step(
@@ -47,11 +45,6 @@ def classification_step(
     module.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step)
     module.log(f"{stage}/acc", metric, on_step=on_step, on_epoch=True, prog_bar=True)
     return loss
-
-
-def _infer_num_classes(net: nn.Module) -> int | None:
-    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
-    return linears[-1].out_features if linears else None
 
 
 class SSSModule(L.LightningModule):
@@ -96,7 +89,7 @@ class SSSModule(L.LightningModule):
         gate_lr: float | None = None,
         gate_mode: Literal["apg", "ista", "sgd"] = "apg",
         gate_nonnegative: bool | None = None,
-        schedule: Schedule = "cosine",
+        schedule: recipe.Schedule = "cosine",
         milestones: Sequence[int] = (120, 160, 240),
         lr_decay: float = 0.1,
         cost_weighted: bool = False,
@@ -109,56 +102,13 @@ class SSSModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
-        if input_size is not None:
-            if len(input_size) != 3 or any(isinstance(s, bool) or int(s) < 1 for s in input_size):
-                raise ValueError(f"input_size must be (C, H, W) with positive sizes, got {input_size!r}")
+        if recipe.check_input_size(input_size) is not None:
             self.example_input_array = torch.zeros(1, *input_size)
-        if cost_weighted and input_size is None:
-            raise ValueError(
-                "cost_weighted=True weighs each gate's L1 penalty by the MACs of its structure, which needs "
-                "the input size: pass input_size=[C, H, W] (e.g. [1, 28, 28] for Fashion-MNIST)"
-            )
+        self.gate_nonnegative = recipe.check_recipe(self.hparams)
         self._gate_weights: dict[str, float] | None = None
-        if gate_nonnegative is None:
-            gate_nonnegative = gate_mode != "sgd"
-        validate_hparams(
-            lr=lr,
-            momentum=momentum,
-            gamma=0.0,
-            weight_decay=weight_decay,
-            mode="apg",
-            nonnegative=False,
-            where=" (weights)",
-        )
-        validate_hparams(
-            lr=lr if gate_lr is None else gate_lr,
-            momentum=momentum,
-            gamma=gamma,
-            weight_decay=0.0,
-            mode=gate_mode,
-            nonnegative=gate_nonnegative,
-            momentum_units=gate_momentum_units,
-            zero_hold=zero_hold,
-            where=" (gates)",
-        )
-        if not isinstance(gate_rescale, bool):
-            raise ValueError(f"gate_rescale must be a bool, got {gate_rescale!r}")
-        if settle_at is not None and (
-            isinstance(settle_at, bool) or not isinstance(settle_at, (int, float)) or not 0 < settle_at <= 1
-        ):
-            raise ValueError(
-                f"settle_at must be a fraction of the training steps in (0, 1] or None, got {settle_at!r}; e.g. 0.75 "
-                "fixes the structure after three quarters of the run"
-            )
-        if schedule not in ("cosine", "step", "constant"):
-            raise ValueError(f"schedule must be 'cosine', 'step' or 'constant', got {schedule!r}")
-        if schedule == "step" and (not milestones or list(milestones) != sorted(milestones)):
-            raise ValueError(f"milestones must be a non-empty increasing list of epochs, got {milestones!r}")
-        self.gate_nonnegative = gate_nonnegative
-
         self.net = net if net is not None else self.build_network()
         if net is None:
-            _record_built_network(self)
+            record_built_network(self)
         if not isinstance(self.net, nn.Module):
             raise TypeError(f"the network must be an nn.Module, got {type(self.net).__name__}")
         if not has_gates(self.net):
@@ -170,18 +120,15 @@ class SSSModule(L.LightningModule):
         if freeze_gates:
             for p in gate_parameters(self.net):
                 p.requires_grad_(False)
-        num_classes = num_classes or _infer_num_classes(self.net)
+        linears = [m for m in self.net.modules() if isinstance(m, nn.Linear)]
+        num_classes = num_classes or (linears[-1].out_features if linears else None)
         if not num_classes:
             raise ValueError("cannot infer num_classes (the network has no nn.Linear); pass num_classes=")
         self._finetune: dict[str, float] | None = None
-        self._reshaped = False  # the network was replaced by a smaller one (shrink or surgery)
-        # after shrink(): per surviving gate, the positions its entries had in the gate before the shrink
-        self.shrunk_gates: dict[str, Tensor] = {}
+        self.reshaping = NetworkReshaping()
         self.settled_by: str | None = None  # a callback that fixes the structure itself (MacsBudget)
         self.criterion = nn.CrossEntropyLoss()
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.train_acc, self.val_acc, self.test_acc = (MulticlassAccuracy(num_classes, average="micro") for _ in "tvt")
 
     def build_network(self) -> nn.Module:
         """Subclass hook: return the gated network when ``net`` is not passed."""
@@ -207,16 +154,15 @@ class SSSModule(L.LightningModule):
                 "the last checkpoint is kept. Fix: lower lr or gamma, or set trainer.gradient_clip_val"
             )
         # only on the steps the logger writes: the sparsity summary costs a device sync
-        log_now = self.trainer.global_step % self.trainer.log_every_n_steps == 0
-        summary = sparsity(self.net) if log_now else {}
+        summary = sparsity(self.net) if self.trainer.global_step % self.trainer.log_every_n_steps == 0 else {}
         if summary:  # a network already pruned (fine-tuning after surgery) has no gates left
             self.log_dict({f"sparsity/{k}": v for k, v in summary.items() if "_" not in k}, on_step=True)
             self.log("sparsity", summary["overall"], prog_bar=True, logger=False)
         return loss
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """The optimizer step, then a check that no gate became non-finite, before any callback (checkpoint,
-        snapshot, surgery) sees the new state."""
+        """The optimizer step, the gates' rescaling, then a check that no gate became non-finite, before any
+        callback (checkpoint, snapshot, surgery) sees the new state."""
         super().optimizer_step(*args, **kwargs)
         if self.hparams.get("gate_rescale"):
             optimizer = self.trainer.optimizers[0] if self._trainer is not None else None
@@ -230,16 +176,16 @@ class SSSModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         settle = self.hparams.get("settle_at")
-        if settle is None or self.settled_by is not None:
-            return
-        trainable = [p for p in gate_parameters(self.net) if p.requires_grad]
-        if trainable and self.trainer.global_step >= math.ceil(settle * self.trainer.estimated_stepping_batches):
-            for p in trainable:
-                p.requires_grad_(False)
-            rewrap_distributed(self.trainer)  # DDP registered the gates for all-reduce; frozen, they get no grad
-            rank_zero_info(
-                f"SSSModule: structure settled at step {self.trainer.global_step} (settle_at={settle}): gates frozen"
-            )
+        if settle is not None and self.settled_by is None and not structure_fixed(self.net):
+            if self.trainer.global_step >= math.ceil(settle * self.trainer.estimated_stepping_batches):
+                self.settle(f"structure settled at step {self.trainer.global_step} (settle_at={settle})")
+
+    def settle(self, reason: str) -> None:
+        """Fix the structure now: every gate group is frozen (explicit optimizer state, checkpointed) and
+        DDP re-wrapped (it registered the gates for all-reduce; frozen, they get no gradient)."""
+        freeze_all(self.trainer.optimizers[0], self.net)
+        rewrap_distributed(self.trainer)
+        rank_zero_info(f"{type(self).__name__}: {reason}: gates frozen")
 
     def on_train_start(self) -> None:
         accumulate, batches = self.trainer.accumulate_grad_batches, self.trainer.num_training_batches
@@ -259,8 +205,7 @@ class SSSModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record what is needed to rebuild this module: its class and input shape (the network's shape
         travels in the state dict itself, see :meth:`get_extra_state`)."""
-        cls = type(self)
-        x = self.example_input_array
+        cls, x = type(self), self.example_input_array
         checkpoint["sss"] = {
             "module_class": f"{cls.__module__}.{cls.__qualname__}",
             "input_shape": list(x.shape[1:]) if isinstance(x, Tensor) else None,
@@ -269,7 +214,6 @@ class SSSModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        _drop_frozen_gate_groups(checkpoint)
         record = checkpoint.get("sss", {})
         shape = record.get("input_shape")
         if shape and self.example_input_array is None:
@@ -283,87 +227,36 @@ class SSSModule(L.LightningModule):
     def get_extra_state(self) -> dict[str, Any]:
         """Kept in the state dict so that every way of loading it (resume, ``load_from_checkpoint``, the
         weights ddp_spawn hands back to the main process) first reshapes the network to match: the
-        architecture after surgery or shrink, and which gates are frozen (outside the optimizer).
-
-        The architecture is :func:`~sss_lightning.io.architecture_spec`, the description pruned files
-        hold too, taken against the network as this module built it: loading applies it to the network
-        the loading module builds, so any network resumes, registry or not, recorded or not."""
-        spec = None
-        if self._reshaped or not has_gates(self.net):
-            built = getattr(self, "_as_built", None)
-            if built is not None:
-                spec = architecture_spec(self.net, base=built[0])
-            elif rebuild_problem(self.net) is None:  # ``net`` was assigned directly, not by replace_network
-                spec = architecture_spec(self.net)
-            else:
-                rank_zero_warn(
-                    f"SSSModule: the network was replaced by assigning module.net, so this checkpoint cannot record "
-                    f"how it differs from the network as built and will not reload into it. Fix: replace it with "
-                    f"module.replace_network(net). ({rebuild_problem(self.net)})"
-                )
-        frozen = [info.name for info in iter_gates(self.net) if not info.module.scale.requires_grad]
-        return {"architecture": spec, "frozen_gates": frozen}
+        architecture after surgery or shrink, and which gates are frozen (see
+        :meth:`~sss_lightning.reshaping.NetworkReshaping.extra_state`)."""
+        return self.reshaping.extra_state(self.net)
 
     def set_extra_state(self, state: Any) -> None:
-        # torch loads a module's own state before its children's, so the new network receives the weights
-        if not isinstance(state, dict):
-            return
-        spec = state.get("architecture")
-        if spec or self._reshaped:
-            param = next(self.net.parameters())
-            if self._reshaped:  # loaded into a module whose network was already replaced: start from the built one
-                base = _materialise(self._as_built[0], param.device)
-            else:
-                self._remember_as_built()
-                base = self.net
-            net = apply_spec(spec, base=base) if spec else base
-            self.net = net.to(device=param.device, dtype=param.dtype)
-            self._reshaped = bool(spec)
-        frozen = set(state.get("frozen_gates") or [])
-        for info in iter_gates(self.net):
-            info.module.scale.requires_grad_(info.name not in frozen)
+        self.reshaping.load_extra_state(self, state)
 
     def prepare_finetune(self, lr: float, total_steps: int) -> None:
         """Called after surgery replaced ``net``: the next ``configure_optimizers`` builds a fresh optimizer
         holding only the new network's parameters (Nesterov SGD, cosine from ``lr`` over ``total_steps``)."""
-        validate_hparams(
-            lr=lr,
-            momentum=self.hparams.momentum,
-            gamma=0.0,
-            weight_decay=0.0,
-            mode="apg",
-            nonnegative=False,
-            where=" (fine-tune)",
-        )
-        if total_steps < 1:
-            raise ValueError(f"fine-tuning needs at least one step, got total_steps={total_steps}")
-        self._finetune = {"lr": float(lr), "steps": int(total_steps)}
+        self._finetune = recipe.check_finetune(lr, total_steps, self.hparams.momentum)
 
     @property
     def reshaped(self) -> bool:
         """Whether the network was replaced by a smaller one (in-training shrink or surgery)."""
-        return self._reshaped
+        return self.reshaping.reshaped
+
+    @property
+    def shrunk_gates(self) -> dict[str, Tensor]:
+        """After :meth:`shrink`: per surviving gate, the positions its entries had before the shrink."""
+        return self.reshaping.shrunk_gates
 
     def replace_network(self, net: nn.Module) -> None:
         """Swap in a reshaped network (surgery or shrink); checkpoints then record its architecture."""
-        if not self._reshaped:
-            self._remember_as_built()
-        param = next(self.net.parameters(), None)
-        self.net = net if param is None else net.to(param.device)
-        self._reshaped = True
+        self.reshaping.replace(self, net)
 
     def network_as_built(self) -> nn.Module:
         """A copy of the network's structure as this module built it, before any shrink or surgery (its
         weights are zeros: for counting what the reshaping saved, not for running)."""
-        built = getattr(self, "_as_built", None)
-        if built is None:
-            return _materialise(_skeleton(self.net), torch.device("cpu"))
-        return _materialise(built[0], torch.device("cpu"))
-
-    def _remember_as_built(self) -> None:
-        """Keep the structure of the network as built (on the meta device: no memory), before it is first
-        reshaped: checkpoints describe the reshaped network relative to it."""
-        self._as_built = (_skeleton(self.net),)  # a tuple: not registered as a submodule
+        return self.reshaping.as_built(self.net)
 
     def shrink(self) -> dict[str, int]:
         """Mid-fit, replace the network by its sliced form (zero structures removed, surviving gates kept)
@@ -373,23 +266,7 @@ class SSSModule(L.LightningModule):
         Zero structures can no longer come back. Returns parameter counts before and after; afterwards
         :attr:`shrunk_gates` maps each surviving gate to the positions its entries had before.
         """
-        trainer = self.trainer
-        old_optimizer = trainer.optimizers[0]
-        old_scheduler = trainer.lr_scheduler_configs[0].scheduler if trainer.lr_scheduler_configs else None
-        old_params = dict(self.net.named_parameters())
-        sliced, sources = slice_sources(self.net)
-        self.shrunk_gates = {info.name: sources[f"{info.name}.scale"].flatten() for info in iter_gates(sliced)}
-        self.replace_network(sliced)
-        rewrap_distributed(trainer)
-        trainer.strategy.setup_optimizers(trainer)
-        new_params = dict(self.net.named_parameters())
-        carry_optimizer_state(old_optimizer, trainer.optimizers[0], old_params, new_params, sources)
-        if old_scheduler is not None and trainer.lr_scheduler_configs:
-            carry_scheduler_state(old_scheduler, trainer.lr_scheduler_configs[0].scheduler, old_optimizer)
-        return {
-            "params_before": sum(p.numel() for p in old_params.values()),
-            "params_after": sum(p.numel() for p in new_params.values()),
-        }
+        return self.reshaping.shrink(self)
 
     def gate_weights(self) -> dict[str, float]:
         """Per-gate multipliers of ``gamma``: 1 for all, or ``cost_g / mean cost`` with ``cost_weighted``."""
@@ -409,55 +286,15 @@ class SSSModule(L.LightningModule):
         """The APG groups: weights (weight decay, no L1) and, while the network has gates, gates (L1, no
         weight decay) -- one group for all gates, or one per gate with its own gamma when cost-weighted."""
         hp = self.hparams
-        trainable = [info for info in iter_gates(self.net) if info.module.scale.requires_grad]
-        gate_ids = {id(info.module.scale) for info in trainable}
-        weights = [p for p in self.net.parameters() if p.requires_grad and id(p) not in gate_ids]
-        groups: list[dict[str, Any]] = [
-            {
-                "name": "weights",
-                "params": weights,
-                "weight_decay": hp.weight_decay,
-                "gamma": 0.0,
-                "mode": "apg",
-                "nonnegative": False,
-            }
-        ]
-        if not trainable:  # a pruned network (fine-tuning after surgery) has no gates left
-            return groups
-        gate_group = {
-            "weight_decay": 0.0,
-            "mode": hp.gate_mode,
-            "momentum_units": hp.get("gate_momentum_units", "gradient"),
-            "zero_hold": hp.get("zero_hold", 0),
-            "nonnegative": self.gate_nonnegative,
-            "lr": hp.lr if hp.gate_lr is None else hp.gate_lr,
-        }
-        if not hp.cost_weighted:
-            groups.append(
-                {"name": "gates", "params": [i.module.scale for i in trainable], "gamma": hp.gamma, **gate_group}
-            )
-            return groups
-        weights_by_gate = self.gate_weights()
-        for info in trainable:
-            gamma = hp.gamma * weights_by_gate[info.name]
-            groups.append({"name": f"gates:{info.name}", "params": [info.module.scale], "gamma": gamma, **gate_group})
-        return groups
+        by_gate = None
+        if hp.cost_weighted and has_gates(self.net):
+            by_gate = {name: hp.gamma * w for name, w in self.gate_weights().items()}
+        return recipe.param_groups(self.net, hp, self.gate_nonnegative, by_gate)
 
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        if self._finetune is not None:
-            optimizer = APG(self.param_groups(), lr=self._finetune["lr"], momentum=hp.momentum)
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(self._finetune["steps"]))
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-        optimizer = APG(self.param_groups(), lr=hp.lr, momentum=hp.momentum)
-        if hp.schedule == "constant":
-            return optimizer
-        if hp.schedule == "cosine":
-            total = max(1, int(self.trainer.estimated_stepping_batches))
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(hp.milestones), gamma=hp.lr_decay)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        cosine = self._finetune is None and self.hparams.schedule == "cosine"
+        total = self.trainer.estimated_stepping_batches if cosine else 0
+        return recipe.configure_optimizers(self.param_groups(), self.hparams, total, self._finetune)
 
 
 class SSSClassifier(SSSModule):
@@ -482,113 +319,3 @@ class SSSClassifier(SSSModule):
 
     def build_network(self) -> nn.Module:
         return build_model(self.arch, **self.arch_kwargs)
-
-
-def _drop_frozen_gate_groups(checkpoint: dict[str, Any]) -> None:
-    """A checkpoint taken after the gates were frozen (settle_at, FreezeGates, MacsBudget) may still hold
-    the gate param groups the optimizer was built with, while the resumed module builds its optimizer
-    without frozen gates: drop those groups (with their state and LR-schedule entries) so it resumes."""
-    extra = (checkpoint.get("state_dict") or {}).get("_extra_state") or {}
-    frozen = set(extra.get("frozen_gates") or [])
-    if not frozen:
-        return
-    for i, opt in enumerate(checkpoint.get("optimizer_states") or []):
-        groups = opt.get("param_groups", [])
-        drop = [
-            k
-            for k, g in enumerate(groups)
-            if str(g.get("name", "")) == "gates" or str(g.get("name", "")).removeprefix("gates:") in frozen
-        ]
-        drop = [k for k in drop if str(groups[k].get("name", "")).startswith("gates")]
-        if not drop:
-            continue
-        gone = {pid for k in drop for pid in groups[k]["params"]}
-        opt["param_groups"] = [g for k, g in enumerate(groups) if k not in drop]
-        opt["state"] = {pid: v for pid, v in opt.get("state", {}).items() if pid not in gone}
-        schedulers = checkpoint.get("lr_schedulers") or []
-        if i < len(schedulers):
-            for key in ("base_lrs", "_last_lr"):
-                values = schedulers[i].get(key)
-                if isinstance(values, list) and len(values) == len(groups):
-                    schedulers[i][key] = [v for k, v in enumerate(values) if k not in drop]
-
-
-def network_of(module: dict[str, Any]) -> nn.Module:
-    """The network an SSSModule subclass builds in ``build_network()``, from the subclass's construction
-    record ``{"name": "package.module:Class", "kwargs": hyper-parameters}``: how a pruned file of such a
-    network is rebuilt in a fresh process (its record names this function)."""
-    cls = resolve_import_path(module["name"])
-    if not (isinstance(cls, type) and issubclass(cls, SSSModule)):
-        raise TypeError(f"{module['name']} is not an SSSModule subclass, so network_of() does not build it")
-    kwargs = dict(module["kwargs"])
-    parameters = inspect.signature(cls.__init__).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        kwargs = {k: v for k, v in kwargs.items() if k in parameters}  # as load_from_checkpoint does
-    return cls(**kwargs).net
-
-
-network_of.sss_builder = True  # records may name it (see models.registry._may_build)
-
-
-def _record_built_network(module: SSSModule) -> None:
-    """Give a network that ``build_network()`` returned without a construction record its module's:
-    the subclass's import path and hyper-parameters (checked by ``rebuild_problem`` where it matters)."""
-    net = module.net
-    if isinstance(net, nn.Module) and getattr(net, "sss_arch", None) is None:
-        record = {"name": import_path(type(module)), "kwargs": dict(module.hparams)}
-        net.sss_arch = {"name": import_path(network_of), "kwargs": {"module": record}}
-
-
-def _skeleton(net: nn.Module) -> nn.Module:
-    """A copy of ``net`` whose parameters and persistent buffers are on the meta device (no memory)."""
-    memo: dict[int, Any] = {}
-    for m in net.modules():
-        for p in m._parameters.values():
-            if p is not None and id(p) not in memo:
-                memo[id(p)] = nn.Parameter(p.detach().to("meta"), requires_grad=p.requires_grad)
-        for name, b in m._buffers.items():
-            if b is not None and name not in m._non_persistent_buffers_set:
-                memo.setdefault(id(b), b.detach().to("meta"))
-    return copy.deepcopy(net, memo)
-
-
-def _materialise(skeleton: nn.Module, device: torch.device) -> nn.Module:
-    """A real copy of a :func:`_skeleton`, its tensors allocated on ``device`` and zero (a state dict
-    fills them); tied parameters stay tied."""
-    net = copy.deepcopy(skeleton)
-    made: dict[int, Tensor] = {}
-    for m in net.modules():
-        for name, p in m._parameters.items():
-            if p is not None and p.is_meta:
-                made.setdefault(id(p), nn.Parameter(torch.zeros_like(p, device=device), p.requires_grad))
-                m._parameters[name] = made[id(p)]
-        for name, b in m._buffers.items():
-            if b is not None and b.is_meta:
-                made.setdefault(id(b), torch.zeros_like(b, device=device))
-                m._buffers[name] = made[id(b)]
-    return net
-
-
-def load_sss_checkpoint(path: str | Path) -> tuple[SSSModule, dict[str, Any]]:
-    """Rebuild the SSSModule subclass that wrote a Lightning checkpoint, with its ``sss`` record.
-
-    The class is read from the checkpoint, so any subclass that rebuilds its network from its
-    hyper-parameters (``SSSClassifier``, or one overriding ``build_network``) loads without naming it.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # the user's own training file
-    info = checkpoint.get("sss") if isinstance(checkpoint, dict) else None
-    if not info:
-        raise ValueError(f"{path} is not a Lightning checkpoint of an SSSModule (it has no 'sss' record)")
-    module_path, _, cls_name = info["module_class"].rpartition(".")
-    cls = getattr(importlib.import_module(module_path), cls_name)
-    try:
-        module = cls.load_from_checkpoint(path, map_location="cpu")
-    except TypeError as err:
-        raise ValueError(
-            f"cannot rebuild {info['module_class']} from {path}: {err}. A module built with net=... cannot be "
-            "rebuilt from a checkpoint; use SSSClassifier or a subclass that overrides build_network()"
-        ) from err
-    return module, info

@@ -114,6 +114,9 @@ class APG(Optimizer):
         momentum_units: ``"gradient"`` (torch's momentum buffer) or ``"parameter"`` (the official velocity);
             see the module docstring.
         zero_hold: pin an entry at 0 once it has been exactly 0 for this many consecutive steps (0: never).
+        frozen: a group with ``frozen=True`` is not updated at all (no gradient, decay or L1 step), the
+            explicit state :mod:`sss_lightning.gate_groups` uses to fix a structure; it is saved and
+            restored with the optimizer's state dict.
     """
 
     def __init__(
@@ -127,6 +130,7 @@ class APG(Optimizer):
         nonnegative: bool = False,
         momentum_units: str = "gradient",
         zero_hold: int = 0,
+        frozen: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -139,7 +143,9 @@ class APG(Optimizer):
             zero_hold=zero_hold,
         )
         validate_hparams(**defaults)
-        super().__init__(params, defaults)
+        if not isinstance(frozen, bool):
+            raise ValueError(f"APG: frozen must be a bool, got {frozen!r}")
+        super().__init__(params, {**defaults, "frozen": frozen})
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -157,6 +163,8 @@ class APG(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            if group.get("frozen", False):  # a state dict saved without the key holds no frozen group
+                continue
             for p in group["params"]:
                 if p.grad is None:
                     continue

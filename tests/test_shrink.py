@@ -8,30 +8,19 @@ from hypothesis import strategies as st
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
-from sss_lightning import SSSClassifier, build_model, count_flops
+from sss_lightning import count_flops
 from sss_lightning.callbacks import FreezeGates, InTrainingShrink, StructuralSurgery
-from sss_lightning.data import SyntheticDataModule
 from sss_lightning.gates import ChannelGate, gate_parameters, iter_gates, random_gate_pattern
 from sss_lightning.shrink import slice_sources
 from sss_lightning.surgery import SurgeryError, prune
-from tests.helpers import quiet_trainer
 
-SMALL = {
-    "resnet20": {"width": 4, "gates": "both"},
-    "resnet56": {"width": 4, "gates": "channel"},
-    "resnext29_8x64d": {"base_width": 2, "stem_width": 8, "out_width": 16, "gates": "both"},
-    "vgg11": {"width_mult": 0.125, "gates": "channel"},
-}
-
-
-def small(name: str) -> nn.Module:
-    return build_model(name, num_classes=5, **SMALL[name])
+GATES = {"resnet20": "both", "resnet56": "channel", "resnext29_8x64d": "both", "vgg11": "channel"}  # tiny_model's sizes
 
 
 @settings(max_examples=12, deadline=None)
-@given(name=st.sampled_from(sorted(SMALL)), p_zero=st.sampled_from([0.0, 0.3, 0.7, 1.0]), seed=st.integers(0, 99))
-def test_sliced_network_is_an_exact_slice_with_equal_outputs_in_train_and_eval(name, p_zero, seed):
-    model = small(name)
+@given(name=st.sampled_from(sorted(GATES)), p_zero=st.sampled_from([0.0, 0.3, 0.7, 1.0]), seed=st.integers(0, 99))
+def test_sliced_network_is_an_exact_slice_with_equal_outputs_in_train_and_eval(name, p_zero, seed, tiny_model):
+    model = tiny_model(name, num_classes=5, gates=GATES[name])
     random_gate_pattern(model, p_zero, seed=seed)
     sliced, sources = slice_sources(model)
     old = dict(model.named_parameters())
@@ -49,8 +38,8 @@ def test_sliced_network_is_an_exact_slice_with_equal_outputs_in_train_and_eval(n
     assert not zero_left  # a zero entry survives only as the single structure of an emptied layer
 
 
-def test_sliced_gates_keep_requires_grad_and_fold_later_to_the_same_pruned_network():
-    model = small("resnet20")
+def test_sliced_gates_keep_requires_grad_and_fold_later_to_the_same_pruned_network(tiny_model):
+    model = tiny_model("resnet20", num_classes=5, gates="both")
     random_gate_pattern(model, 0.5, seed=3)
     for p in gate_parameters(model):
         p.requires_grad_(False)
@@ -117,38 +106,46 @@ class Record(L.Callback):
         self.optimizer_holds_net.append(held == wanted)
 
 
-def make(frozen: bool = True, gamma: float = 0.1) -> SSSClassifier:
-    torch.manual_seed(0)
-    module = SSSClassifier(arch="resnet20", num_classes=4, gates="both", arch_kwargs={"width": 4}, gamma=gamma)
-    random_gate_pattern(module.net, 0.5, seed=0)
-    if frozen:
-        for p in gate_parameters(module.net):
-            p.requires_grad_(False)
-    return module
+@pytest.fixture(scope="session")
+def make(tiny_classifier):
+    """make(frozen=True, gamma=0.1): the tiny classifier with a fixed half-zero gate pattern, frozen or not."""
+
+    def make(frozen: bool = True, gamma: float = 0.1):
+        torch.manual_seed(0)
+        module = tiny_classifier(gamma=gamma)
+        random_gate_pattern(module.net, 0.5, seed=0)
+        if frozen:
+            for p in gate_parameters(module.net):
+                p.requires_grad_(False)
+        return module
+
+    return make
 
 
-def fit(module, root, callbacks, max_epochs=3, ckpt_path=None, strategy="auto", devices=1):
-    record = Record()
-    trainer = quiet_trainer(
-        root,
-        [*callbacks, record, ModelCheckpoint(dirpath=root / "ckpt", save_last=True)],
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        devices=devices,
-        strategy=strategy,
-        enable_checkpointing=True,
-    )
-    L.seed_everything(0)
-    trainer.fit(
-        module,
-        datamodule=SyntheticDataModule(num_classes=4, image_size=8, train_size=64, batch_size=16),
-        ckpt_path=ckpt_path,
-    )
-    return trainer, record
+@pytest.fixture(scope="session")
+def fit(quiet_trainer, tiny_data):
+    """fit(module, root, callbacks, max_epochs=3, ...): (trainer, Record) of a seeded fit on tiny_data."""
+
+    def fit(module, root, callbacks, max_epochs=3, ckpt_path=None, strategy="auto", devices=1):
+        record = Record()
+        trainer = quiet_trainer(
+            root,
+            [*callbacks, record, ModelCheckpoint(dirpath=root / "ckpt", save_last=True)],
+            max_epochs=max_epochs,
+            accelerator="cpu",
+            devices=devices,
+            strategy=strategy,
+            enable_checkpointing=True,
+        )
+        L.seed_everything(0)
+        trainer.fit(module, datamodule=tiny_data(), ckpt_path=ckpt_path)
+        return trainer, record
+
+    return fit
 
 
 @pytest.mark.slow
-def test_shrinking_a_frozen_structure_trains_exactly_like_the_full_width_network(tmp_path):
+def test_shrinking_a_frozen_structure_trains_exactly_like_the_full_width_network(tmp_path, make, fit):
     full, full_record = fit(make(), tmp_path / "full", [])
     module = make()
     params_before = sum(p.numel() for p in module.parameters())
@@ -168,17 +165,17 @@ def test_shrinking_a_frozen_structure_trains_exactly_like_the_full_width_network
 
 
 @pytest.mark.slow
-def test_without_carrying_momentum_the_trajectory_would_differ(tmp_path, monkeypatch):
+def test_without_carrying_momentum_the_trajectory_would_differ(tmp_path, monkeypatch, make, fit):
     """The continuity above is due to the carried state: dropping it changes the losses after the swap."""
     _, full_record = fit(make(), tmp_path / "full", [])
-    monkeypatch.setattr("sss_lightning.module.carry_optimizer_state", lambda *a, **k: None)
+    monkeypatch.setattr("sss_lightning.reshaping.carry_optimizer_state", lambda *a, **k: None)
     _, record = fit(make(), tmp_path / "dropped", [InTrainingShrink(when_frozen=False, epochs=[2])])
     assert record.losses[:4] == pytest.approx(full_record.losses[:4], rel=1e-5)
     assert record.losses[5:] != pytest.approx(full_record.losses[5:], rel=1e-3)
 
 
 @pytest.mark.slow
-def test_shrink_after_freeze_then_surgery_at_the_end(tmp_path):
+def test_shrink_after_freeze_then_surgery_at_the_end(tmp_path, make, fit):
     module = make(frozen=False, gamma=0.3)
     freeze, shrink, surgery = FreezeGates(patience=None, target_macs=0.9), InTrainingShrink(), StructuralSurgery()
     _, record = fit(module, tmp_path, [freeze, shrink, surgery], max_epochs=4)
@@ -197,7 +194,7 @@ class Kill(L.Callback):
 
 
 @pytest.mark.slow
-def test_resume_after_a_shrink_continues_identically(tmp_path):
+def test_resume_after_a_shrink_continues_identically(tmp_path, make, fit):
     whole = make()
     fit(whole, tmp_path / "whole", [InTrainingShrink(when_frozen=False, epochs=[2])], max_epochs=4)
     with pytest.raises(RuntimeError, match="killed"):

@@ -1,0 +1,123 @@
+"""The SSS training recipe of :class:`~sss_lightning.module.SSSModule`: its hyper-parameters checked up
+front, and the two-group APG optimizer with its learning-rate schedule built from them.
+
+Weights go in one group (weight decay, ``gamma=0``: exactly Nesterov SGD), gates in the other (L1
+``gamma`` by proximal steps, no weight decay, non-negative as in the official code), or one group per
+gate with its own ``gamma`` when the penalty is cost-weighted (:mod:`sss_lightning.gate_groups`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .gate_groups import build_param_groups
+from .optim import APG, validate_hparams
+
+__all__ = ["SCHEDULES", "check_recipe", "check_input_size", "param_groups", "configure_optimizers"]
+
+SCHEDULES = ("cosine", "step", "constant")
+Schedule = Literal["cosine", "step", "constant"]
+
+
+def check_input_size(input_size: Sequence[int] | None) -> list[int] | None:
+    """``input_size`` as ``[C, H, W]``, or a ``ValueError`` saying what it must be."""
+    if input_size is None:
+        return None
+    if len(input_size) != 3 or any(isinstance(s, bool) or int(s) < 1 for s in input_size):
+        raise ValueError(f"input_size must be (C, H, W) with positive sizes, got {input_size!r}")
+    return [int(s) for s in input_size]
+
+
+def check_recipe(hp: Mapping[str, Any]) -> bool:
+    """Raise ``ValueError`` naming the bad hyper-parameter and the fix, before any training; returns
+    whether the gates are kept non-negative (default: for the proximal modes)."""
+    if hp["cost_weighted"] and hp["input_size"] is None:
+        raise ValueError(
+            "cost_weighted=True weighs each gate's L1 penalty by the MACs of its structure, which needs "
+            "the input size: pass input_size=[C, H, W] (e.g. [1, 28, 28] for Fashion-MNIST)"
+        )
+    nonnegative = hp["gate_mode"] != "sgd" if hp["gate_nonnegative"] is None else hp["gate_nonnegative"]
+    common = {"lr": hp["lr"], "momentum": hp["momentum"]}
+    validate_hparams(**common, gamma=0.0, weight_decay=hp["weight_decay"], mode="apg", nonnegative=False,
+                     where=" (weights)")  # fmt: skip
+    validate_hparams(
+        lr=hp["lr"] if hp["gate_lr"] is None else hp["gate_lr"],
+        momentum=hp["momentum"],
+        gamma=hp["gamma"],
+        weight_decay=0.0,
+        mode=hp["gate_mode"],
+        nonnegative=nonnegative,
+        momentum_units=hp["gate_momentum_units"],
+        zero_hold=hp["zero_hold"],
+        where=" (gates)",
+    )
+    if not isinstance(hp["gate_rescale"], bool):
+        raise ValueError(f"gate_rescale must be a bool, got {hp['gate_rescale']!r}")
+    settle = hp["settle_at"]
+    if settle is not None and (isinstance(settle, bool) or not isinstance(settle, (int, float)) or not 0 < settle <= 1):
+        raise ValueError(
+            f"settle_at must be a fraction of the training steps in (0, 1] or None, got {settle!r}; e.g. 0.75 "
+            "fixes the structure after three quarters of the run"
+        )
+    if hp["schedule"] not in SCHEDULES:
+        raise ValueError(f"schedule must be 'cosine', 'step' or 'constant', got {hp['schedule']!r}")
+    milestones = hp["milestones"]
+    if hp["schedule"] == "step" and (not milestones or list(milestones) != sorted(milestones)):
+        raise ValueError(f"milestones must be a non-empty increasing list of epochs, got {milestones!r}")
+    return nonnegative
+
+
+def param_groups(
+    net: nn.Module, hp: Mapping[str, Any], nonnegative: bool, gamma_by_gate: Mapping[str, float] | None
+) -> list[dict[str, Any]]:
+    """The APG groups of ``net`` under the recipe ``hp``: weights, and the gates unless ``freeze_gates``
+    keeps them out of the optimizer (one group, or one per gate with ``gamma_by_gate``)."""
+    weights = {"weight_decay": hp["weight_decay"], "gamma": 0.0, "mode": "apg", "nonnegative": False}
+    gates = None
+    if not hp.get("freeze_gates", False):
+        gates = {
+            "weight_decay": 0.0,
+            "mode": hp["gate_mode"],
+            "momentum_units": hp.get("gate_momentum_units", "gradient"),
+            "zero_hold": hp.get("zero_hold", 0),
+            "nonnegative": nonnegative,
+            "lr": hp["lr"] if hp["gate_lr"] is None else hp["gate_lr"],
+            "gamma": hp["gamma"],
+        }
+    return build_param_groups(net, weights=weights, gates=gates, gamma_by_gate=gamma_by_gate)
+
+
+def check_finetune(lr: float, total_steps: int, momentum: float) -> dict[str, float]:
+    """The fine-tune settings after surgery, checked: Nesterov SGD from ``lr``, cosine over ``total_steps``."""
+    validate_hparams(
+        lr=lr, momentum=momentum, gamma=0.0, weight_decay=0.0, mode="apg", nonnegative=False, where=" (fine-tune)"
+    )
+    if total_steps < 1:
+        raise ValueError(f"fine-tuning needs at least one step, got total_steps={total_steps}")
+    return {"lr": float(lr), "steps": int(total_steps)}
+
+
+def configure_optimizers(
+    groups: list[dict[str, Any]],
+    hp: Mapping[str, Any],
+    total_steps: int,
+    finetune: Mapping[str, float] | None = None,
+) -> Any:
+    """What ``LightningModule.configure_optimizers`` returns: APG over ``groups`` with the recipe's schedule
+    (cosine per step over ``total_steps``, step-wise per epoch, or constant), or the fine-tune's cosine."""
+    if finetune is not None:
+        optimizer = APG(groups, lr=finetune["lr"], momentum=hp["momentum"])
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(finetune["steps"]))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    optimizer = APG(groups, lr=hp["lr"], momentum=hp["momentum"])
+    if hp["schedule"] == "constant":
+        return optimizer
+    if hp["schedule"] == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, int(total_steps)))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(hp["milestones"]), gamma=hp["lr_decay"])
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

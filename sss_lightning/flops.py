@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .gates import iter_gates
+from .layers import layer_kind
 from .surgery import prune
 
 with warnings.catch_warnings():  # fvcore (last released 2022) calls torch.jit.script at import time
@@ -108,20 +109,21 @@ def _exact(count: float) -> int | float:
 class MacEstimator:
     """MACs of pruned copies of one model from layer shapes alone: cheap enough to call every few steps.
 
-    One forward pass of the original records each conv's output size; surgery keeps module paths and
-    spatial sizes, so a pruned copy's MACs are the sum over its convs and linears of
-    ``out * in / groups * kh * kw * H_out * W_out`` (``in * out`` for a linear). This equals fvcore's count
-    whenever conv and linear layers are the only multiply-adds (true for every model in the registry;
-    the tests cross-check it).
+    One forward pass of the original records the output shape of every layer whose entry in the layer
+    table (:mod:`sss_lightning.layers`) counts multiply-adds; surgery keeps module paths and spatial sizes,
+    so a pruned copy's MACs are the sum of those entries' counts over its layers: for a conv
+    ``out * in / groups * kh * kw * H_out * W_out``, for a linear ``in * out``. This equals fvcore's count
+    whenever the table's layers are the only multiply-adds (true for every model in the registry; the
+    tests cross-check it).
     """
 
     def __init__(self, model: nn.Module, input_size: Sequence[int]) -> None:
         size = _input_size(input_size)
-        self._spatial: dict[str, int] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
         hooks = [
             module.register_forward_hook(self._recorder(name))
             for name, module in model.named_modules()
-            if isinstance(module, nn.Conv2d)
+            if layer_kind(module).macs is not None
         ]
         param = next(model.parameters())
         was_training = model.training
@@ -136,7 +138,9 @@ class MacEstimator:
 
     def _recorder(self, name: str):
         def hook(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
-            self._spatial[name] = output.shape[-2] * output.shape[-1]
+            shape = getattr(output, "shape", None)
+            if shape is not None:
+                self._shapes[name] = tuple(shape)
 
         return hook
 
@@ -144,11 +148,9 @@ class MacEstimator:
         """MACs of ``model`` (the original or a pruned copy of it) at the recorded input size."""
         macs = 0
         for name, m in model.named_modules():
-            if isinstance(m, nn.Conv2d):
-                kh, kw = m.kernel_size
-                macs += m.out_channels * (m.in_channels // m.groups) * kh * kw * self._spatial.get(name, 0)
-            elif isinstance(m, nn.Linear):
-                macs += m.in_features * m.out_features
+            count = layer_kind(m).macs
+            if count is not None:
+                macs += count(m, self._shapes.get(name))
         return macs * self.batch
 
 

@@ -2,7 +2,8 @@
 
 The file holds the construction record of the original model (a registry name, or the import path of a
 class or builder, with its plain-data arguments), the recipe of every module surgery changed (new
-conv/BN/linear shapes, gates turned into ``Identity``, removed branches), and the state dict. Loading
+conv/BN/linear shapes, gates turned into ``Identity``, removed branches; each layer type's entry in
+:mod:`sss_lightning.layers` says what it records and how it is built again), and the state dict. Loading
 rebuilds the original from its record, applies the recipes (as timm's
 ``adapt_model_from_string`` does for its pruned models) and loads the weights strictly, so
 ``torch.load(weights_only=True)`` is all it takes and a fresh process gets identical outputs.
@@ -20,11 +21,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from .gates import ChannelGate, GroupGate
+from .layers import COUNT, FLAG, SIZES, layer_kind, recorded_kind, recorded_types
 from .records import build_from_record, record_problem
-from .residual import GatedResidual
 
 __all__ = [
     "FORMAT",
@@ -45,49 +44,10 @@ class PrunedFileError(ValueError):
 
 
 def _recipe(m: nn.Module) -> dict[str, Any]:
-    """The constructor arguments that define ``m``'s shape (type name only for other modules)."""
-    kind = type(m).__name__
-    if isinstance(m, nn.Conv2d):
-        return {
-            "type": kind,
-            "in_channels": m.in_channels,
-            "out_channels": m.out_channels,
-            "kernel_size": list(m.kernel_size),
-            "stride": list(m.stride),
-            "padding": list(m.padding),
-            "dilation": list(m.dilation),
-            "groups": m.groups,
-            "bias": m.bias is not None,
-            "padding_mode": m.padding_mode,
-        }
-    if isinstance(m, _BatchNorm):
-        return {
-            "type": kind,
-            "num_features": m.num_features,
-            "eps": m.eps,
-            "momentum": m.momentum,
-            "affine": m.affine,
-            "track_running_stats": m.track_running_stats,
-        }
-    if isinstance(m, nn.Linear):
-        return {"type": kind, "in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None}
-    if isinstance(m, (ChannelGate, GroupGate)):  # sliced by in-training shrink: fewer structures
-        return {"type": kind, "n": m.num_structures}
-    if isinstance(m, GatedResidual):
-        bias = m.branch_bias
-        return {"type": kind, "branch": m.branch is not None, "branch_bias": None if bias is None else bias.numel()}
-    return {"type": kind}
-
-
-_BUILDERS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
-    "Conv2d": lambda r: nn.Conv2d(**{k: v for k, v in r.items() if k != "type"}),
-    "BatchNorm2d": lambda r: nn.BatchNorm2d(**{k: v for k, v in r.items() if k != "type"}),
-    "BatchNorm1d": lambda r: nn.BatchNorm1d(**{k: v for k, v in r.items() if k != "type"}),
-    "Linear": lambda r: nn.Linear(**{k: v for k, v in r.items() if k != "type"}),
-    "Identity": lambda r: nn.Identity(),
-    "ChannelGate": lambda r: ChannelGate(r["n"]),
-    "GroupGate": lambda r: GroupGate(r["n"]),
-}
+    """The constructor arguments that define ``m``'s shape, as its layer-table entry records them (type
+    name only for other modules)."""
+    record = layer_kind(m).record
+    return {"type": type(m).__name__, **(record(m) if record is not None else {})}
 
 
 def architecture_spec(pruned: nn.Module, base: nn.Module | None = None) -> dict[str, Any]:
@@ -111,11 +71,12 @@ def architecture_spec(pruned: nn.Module, base: nn.Module | None = None) -> dict[
     for path, module in pruned.named_modules():
         recipe = _recipe(module)
         if recipe != reference.get(path):
-            if recipe["type"] not in _BUILDERS and recipe["type"] != "GatedResidual":
+            if recorded_kind(recipe["type"]) is None:
                 raise PrunedFileError(
                     f"cannot record module {path!r} of type {recipe['type']} in a pruned spec: it is not in the "
                     f"network as built (a {reference.get(path, {}).get('type', 'missing module')} there), and "
-                    f"only {sorted({*_BUILDERS, 'GatedResidual'})} can be rebuilt from a recipe"
+                    f"only {recorded_types()} can be rebuilt from a recipe (sss_lightning.layers.register_layer "
+                    "adds a type)"
                 )
             changed[path] = recipe
     return {"arch": copy.deepcopy(arch), "modules": changed}
@@ -127,18 +88,21 @@ def apply_spec(spec: dict[str, Any], base: nn.Module | None = None) -> nn.Module
     with torch.random.fork_rng(devices=[]):  # its weights are overwritten; leave the caller's RNG alone
         model = build_from_record(spec["arch"]) if base is None else base
         for path, recipe in sorted(spec["modules"].items(), key=lambda item: item[0].count(".")):
-            if recipe["type"] == "GatedResidual":
-                block = model.get_submodule(path)
-                if not recipe["branch"]:
-                    block.branch = None
-                if recipe["branch_bias"] is not None:
-                    block.branch_bias = torch.zeros(recipe["branch_bias"])
+            kind = recorded_kind(recipe["type"])
+            if kind is None:
+                raise PrunedFileError(
+                    f"cannot re-create module {path!r}: no layer type {recipe['type']!r} is registered; only "
+                    f"{recorded_types()} are (sss_lightning.layers.register_layer adds a type)"
+                )
+            fields = {key: value for key, value in recipe.items() if key != "type"}
+            if kind.reshape is not None:  # changes the module as built, in place
+                kind.reshape(model.get_submodule(path), fields)
                 continue
             try:
                 model.get_submodule(path.rpartition(".")[0])
             except AttributeError:
                 continue  # inside a branch removed above
-            model.set_submodule(path, _BUILDERS[recipe["type"]](recipe))
+            model.set_submodule(path, kind.rebuild(fields))
     return model
 
 
@@ -171,11 +135,17 @@ def save_pruned(model: nn.Module, path: str | os.PathLike, metadata: dict[str, A
 
 
 _RECREATE = "Re-create it with save_pruned or `sss-lightning prune --ckpt <checkpoint> --out <file>`"
-# Fields of the module recipes whose type is checked before anything is built (a wrong type there would
-# otherwise surface as a bare TypeError deep inside torch.nn); other fields are left to the builders.
-_INT_FIELDS = ("in_channels", "out_channels", "groups", "num_features", "in_features", "out_features", "n")
-_INT_LIST_FIELDS = ("kernel_size", "stride", "padding", "dilation")
-_BOOL_FIELDS = ("bias", "affine", "track_running_stats", "branch")
+# How the fields a layer-table entry declares (LayerKind.record_fields) are checked before anything is built
+# (a wrong type there would otherwise surface as a bare TypeError deep inside torch.nn); other fields are
+# left to the builders.
+_FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    COUNT: (lambda v: type(v) is int and v >= 1, "an int >= 1"),
+    SIZES: (
+        lambda v: isinstance(v, (list, tuple)) and all(type(i) is int and i >= 0 for i in v),
+        "a list of ints >= 0",
+    ),
+    FLAG: (lambda v: type(v) is bool, "a bool"),
+}
 _TOP_LEVEL = {"arch": dict, "modules": dict, "state_dict": dict, "metadata": dict}
 
 
@@ -223,26 +193,20 @@ def _check_checksums(path: Path) -> None:
 
 
 def _check_recipe(path: Path, where: str, recipe: Any) -> None:
-    known = sorted({*_BUILDERS, "GatedResidual"})
-    if not isinstance(recipe, dict) or recipe.get("type") not in known:
-        got = recipe.get("type") if isinstance(recipe, dict) else recipe
+    kind_name = recipe.get("type") if isinstance(recipe, dict) else None
+    kind = recorded_kind(kind_name) if isinstance(kind_name, str) else None
+    if kind is None:
+        got = kind_name if isinstance(recipe, dict) else recipe
         raise PrunedFileError(
-            f"{path}: the recipe of module {where!r} must be a dict whose 'type' is one of {known}, got {got!r}. "
-            f"The file is damaged or was edited by hand; {_RECREATE}"
+            f"{path}: the recipe of module {where!r} must be a dict whose 'type' is one of {recorded_types()}, got "
+            f"{got!r}. The file is damaged or was edited by hand; {_RECREATE}"
         )
     for field, value in recipe.items():
-        if field in _INT_FIELDS:
-            ok = type(value) is int and value >= 1
-            want = "an int >= 1"
-        elif field in _INT_LIST_FIELDS:
-            ok = isinstance(value, (list, tuple)) and all(type(v) is int and v >= 0 for v in value)
-            want = "a list of ints >= 0"
-        elif field in _BOOL_FIELDS:
-            ok = type(value) is bool
-            want = "a bool"
-        else:
+        check = kind.record_fields.get(field)
+        if check is None:
             continue
-        if not ok:
+        accepts, want = _FIELD_CHECKS[check]
+        if not accepts(value):
             raise PrunedFileError(
                 f"{path}: field {field!r} of module {where!r} ({recipe['type']}) must be {want}, got {value!r} "
                 f"({_type_name(value)}). The file is damaged or was edited by hand; {_RECREATE}"

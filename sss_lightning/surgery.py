@@ -1,8 +1,9 @@
 """Structural surgery: a gated network -> a physically smaller network with the same eval outputs.
 
-How structures are found (what depends on what) is kept apart from how a layer is cut (the ``cut_*``
-primitives), as in Torch-Pruning, but without tracing: gates declare what they control by *where they
-sit*, which is why one code path serves every architecture built from these two shapes:
+How structures are found (what depends on what) is kept apart from how a layer is cut (the layer table
+of :mod:`sss_lightning.layers`, which also holds the ``cut_*`` primitives), as in Torch-Pruning, but
+without tracing: gates declare what they control by *where they sit*, which is why one code path serves
+every architecture built from these two shapes:
 
 * an ``nn.Sequential`` holding a :class:`~sss_lightning.gates.ChannelGate` or
   :class:`~sss_lightning.gates.GroupGate`: the gate indexes the channels of the nearest conv/linear
@@ -15,7 +16,9 @@ sit*, which is why one code path serves every architecture built from these two 
   removes the branch (the block becomes its shortcut); a non-zero one is folded into the branch's last
   BN/conv. A branch whose inner channels are all cut becomes the constant it outputs.
 
-A module with another shape plugs in by defining ``sss_prune(self) -> nn.Module`` (it may call
+Which layers may stand where, and how each is cut, is the layer's entry in that table: a layer type it
+lacks is supported by :func:`~sss_lightning.layers.register_layer`. A module with another shape plugs in
+by defining ``sss_prune(self) -> nn.Module`` (it may call
 :func:`prune_sequential` and the ``cut_*`` primitives); surgery calls it instead of descending into it.
 To also support ``fold_gates=False`` or ``round_to`` it takes that keyword and passes it on.
 
@@ -37,10 +40,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.utils import skip_init
 
 from .gates import Gate, GroupGate, iter_gates
+from .layers import SurgeryError, cut_batchnorm, cut_conv, cut_linear, layer_kind, scale_inputs
 from .residual import GatedResidual
 
 __all__ = [
@@ -55,186 +57,21 @@ __all__ = [
     "find_consumer",
 ]
 
-# Channel-wise layers that never mix channels: the producer walk passes through them.
-_CHANNELWISE = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.PReLU,
-    nn.ELU,
-    nn.SELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Mish,
-    nn.Identity,
-    nn.Dropout,
-    nn.Dropout2d,
-    nn.MaxPool2d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool2d,
-)
-# Layers with f(0) = 0 and f(g*h) = g*f(h) for g >= 0: a gate may be folded across them to its consumer.
-_HOMOGENEOUS = (
-    nn.ReLU,
-    nn.Identity,
-    nn.Dropout,
-    nn.Dropout2d,
-    nn.MaxPool2d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool2d,
-)
-_SIGN_SENSITIVE = (nn.ReLU, nn.MaxPool2d, nn.AdaptiveMaxPool2d)
-
-
-class SurgeryError(ValueError):
-    """The model cannot be cut as its gates ask; the message names the module and what to change."""
-
-
-# --------------------------------------------------------------------------------------------------
-# How a layer is cut (new layers are made with skip_init: no random init, so surgery never moves the RNG)
-# --------------------------------------------------------------------------------------------------
-
 
 def _index(mask: Tensor) -> Tensor:
     return mask.nonzero().flatten()
 
 
-def cut_conv(conv: nn.Conv2d, out_keep: Tensor | None = None, in_keep: Tensor | None = None) -> nn.Conv2d:
-    """A new ``Conv2d`` keeping the output/input channels where the boolean masks are True.
-
-    For a grouped conv both masks must keep whole groups and agree on which groups survive (a
-    depthwise conv has one channel per group); ``groups`` shrinks to the surviving count.
-    """
-    groups = conv.groups
-    out_keep = torch.ones(conv.out_channels, dtype=torch.bool) if out_keep is None else out_keep.cpu()
-    in_keep = torch.ones(conv.in_channels, dtype=torch.bool) if in_keep is None else in_keep.cpu()
-    weight = conv.weight.detach()
-    if groups == 1:
-        weight = weight[_index(out_keep)][:, _index(in_keep)]
-        new_groups = 1
-    else:
-        group_out = out_keep.view(groups, -1)
-        group_in = in_keep.view(groups, -1)
-        alive = group_out.all(1)
-        if not (
-            torch.equal(alive, group_out.any(1))
-            and torch.equal(alive, group_in.all(1))
-            and torch.equal(alive, group_in.any(1))
-        ):
-            raise SurgeryError(
-                f"a grouped conv ({conv}) can only lose whole groups, the same ones on input and output; "
-                "gate it with GroupGate(groups) instead of per-channel gates"
-            )
-        weight = weight[_index(out_keep)]
-        new_groups = int(alive.sum())
-    new = skip_init(
-        nn.Conv2d,
-        int(in_keep.sum()),
-        int(out_keep.sum()),
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
-        groups=max(new_groups, 1),
-        bias=conv.bias is not None,
-        padding_mode=conv.padding_mode,
-        device=weight.device,
-        dtype=weight.dtype,
-    )
-    with torch.no_grad():
-        new.weight.copy_(weight)
-        if conv.bias is not None:
-            new.bias.copy_(conv.bias.detach()[_index(out_keep)])
-    new.train(conv.training)
-    return new
-
-
-def cut_batchnorm(bn: _BatchNorm, keep: Tensor) -> _BatchNorm:
-    """A new BN of the same class keeping the channels where ``keep`` is True (affine and running stats)."""
-    idx = _index(keep.cpu())
-    like = next(iter([*bn.parameters(), *bn.buffers()]), torch.empty(0))
-    new = skip_init(
-        type(bn),
-        len(idx),
-        eps=bn.eps,
-        momentum=bn.momentum,
-        affine=bn.affine,
-        track_running_stats=bn.track_running_stats,
-        device=like.device,
-        dtype=like.dtype,
-    )
-    with torch.no_grad():
-        if bn.affine:
-            new.weight.copy_(bn.weight[idx])
-            new.bias.copy_(bn.bias[idx])
-        if bn.track_running_stats:
-            new.running_mean.copy_(bn.running_mean[idx])
-            new.running_var.copy_(bn.running_var[idx])
-            new.num_batches_tracked.copy_(bn.num_batches_tracked)
-    new.train(bn.training)
-    return new
-
-
-def cut_linear(linear: nn.Linear, out_keep: Tensor | None = None, in_keep: Tensor | None = None) -> nn.Linear:
-    """A new ``Linear`` keeping the output rows / input columns where the masks are True."""
-    weight = linear.weight.detach()
-    if out_keep is not None:
-        weight = weight[_index(out_keep.cpu())]
-    if in_keep is not None:
-        weight = weight[:, _index(in_keep.cpu())]
-    new = skip_init(
-        nn.Linear,
-        weight.shape[1],
-        weight.shape[0],
-        bias=linear.bias is not None,
-        device=weight.device,
-        dtype=weight.dtype,
-    )
-    with torch.no_grad():
-        new.weight.copy_(weight)
-        if linear.bias is not None:
-            bias = linear.bias.detach()
-            new.bias.copy_(bias if out_keep is None else bias[_index(out_keep.cpu())])
-    new.train(linear.training)
-    return new
-
-
-def scale_inputs(layer: nn.Conv2d | nn.Linear, scale: Tensor) -> None:
-    """Multiply ``layer``'s weights per input channel in place: ``layer(x * s) == layer'(x)``.
-
-    For a ``Linear`` after a flatten, each channel owns ``in_features / len(scale)`` contiguous columns.
-    """
-    with torch.no_grad():
-        if isinstance(layer, nn.Linear):
-            per_channel = layer.in_features // scale.numel()
-            layer.weight.mul_(scale.repeat_interleave(per_channel).to(layer.weight).view(1, -1))
-        else:
-            groups = layer.groups
-            w = layer.weight.view(groups, layer.out_channels // groups, layer.in_channels // groups, -1)
-            w.mul_(scale.to(w).view(groups, 1, -1, 1))
-
-
 def _scale_outputs(layer: nn.Module, factor: Tensor, where: str) -> None:
     """Fold a scalar block gate into the last affine layer of a branch: ``g * layer(x) == layer'(x)``."""
+    scale_out = layer_kind(layer).scale_out
     with torch.no_grad():
-        if isinstance(layer, _BatchNorm) and layer.affine:
-            layer.weight.mul_(factor)
-            layer.bias.mul_(factor)
-        elif isinstance(layer, (nn.Conv2d, nn.Linear)):
-            layer.weight.mul_(factor)
-            if layer.bias is not None:
-                layer.bias.mul_(factor)
-        else:
-            raise SurgeryError(
-                f"{where}: the block gate can only be folded into a final affine BN, conv or linear of the "
-                f"branch, found {type(layer).__name__}; end the branch with one of those"
-            )
+        folded = scale_out is not None and scale_out(layer, factor)
+    if not folded:
+        raise SurgeryError(
+            f"{where}: the block gate can only be folded into a final affine BN, conv or linear of the "
+            f"branch, found {type(layer).__name__}; end the branch with one of those"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -256,12 +93,9 @@ def _channel_scale(gate: Gate, channels: int | None) -> Tensor:
 
 def _producer_channels(layers: list[nn.Module], i: int) -> int | None:
     for m in reversed(layers[:i]):
-        if isinstance(m, nn.Conv2d):
-            return m.out_channels
-        if isinstance(m, nn.Linear):
-            return m.out_features
-        if isinstance(m, _BatchNorm):
-            return m.num_features
+        channels = layer_kind(m).channels
+        if channels is not None:
+            return channels(m)
     return None
 
 
@@ -269,24 +103,12 @@ def _cut_producers(layers: list[nn.Module], i: int, keep: Tensor, where: str) ->
     """Cut ``keep``'s False channels from every layer before the gate at ``i`` that produces them."""
     for k in range(i - 1, -1, -1):
         m = layers[k]
-        if isinstance(m, _BatchNorm):
-            layers[k] = cut_batchnorm(m, keep)
-        elif isinstance(m, Gate):
-            group_keep = keep.view(m.num_structures, -1).all(1) if isinstance(m, GroupGate) else keep
-            layers[k] = _cut_gate(m, group_keep)
-        elif isinstance(m, nn.Conv2d):
-            if m.groups == 1:
-                layers[k] = cut_conv(m, out_keep=keep)
+        kind = layer_kind(m)
+        if kind.cut_out is not None:
+            layers[k], keep = kind.cut_out(m, keep)  # per-channel layers (BN, gates) pass the cut on
+            if keep is None:
                 return
-            # Depthwise/grouped: a group's inputs only feed that group, so they go too, and so do the
-            # channels that produce them further back.
-            in_keep = keep.view(m.groups, -1).all(1).repeat_interleave(m.in_channels // m.groups)
-            layers[k] = cut_conv(m, out_keep=keep, in_keep=in_keep)
-            keep = in_keep
-        elif isinstance(m, nn.Linear):
-            layers[k] = cut_linear(m, out_keep=keep)
-            return
-        elif not isinstance(m, _CHANNELWISE):
+        elif not kind.channelwise:
             raise SurgeryError(
                 f"{where}: cannot cut channels through {type(m).__name__} at position {k}; between a gate and "
                 "the conv/linear producing its channels only BN and channel-wise layers may stand"
@@ -297,33 +119,23 @@ def _cut_producers(layers: list[nn.Module], i: int, keep: Tensor, where: str) ->
     )
 
 
-def _cut_gate(gate: Gate, keep: Tensor) -> Gate:
-    new = copy.deepcopy(gate)
-    scale = gate.scale.detach()[_index(keep.cpu())].clone()
-    new.scale = nn.Parameter(scale, requires_grad=gate.scale.requires_grad)
-    return new
-
-
 def find_consumer(layers: list[nn.Module], i: int, scale: Tensor, where: str) -> int:
     """Index of the conv/linear in ``layers`` that consumes the channels of the gate at ``i`` (scaled by
     ``scale``), or a :class:`SurgeryError` saying why the gate has none surgery can fold into."""
     for j in range(i + 1, len(layers)):
         m = layers[j]
-        if isinstance(m, nn.Conv2d):
-            if m.groups != 1:
-                raise SurgeryError(
-                    f"{where}: the gate's consumer is a grouped/depthwise conv; put the gate after it (the "
-                    "depthwise conv is then cut together with its producer)"
-                )
+        kind = layer_kind(m)
+        if kind.cut_in is not None:
+            problem = kind.consumer_problem(m) if kind.consumer_problem is not None else None
+            if problem is not None:
+                raise SurgeryError(f"{where}: {problem}")
             return j
-        if isinstance(m, nn.Linear):
-            return j
-        if isinstance(m, _SIGN_SENSITIVE) and (scale < 0).any():
+        if kind.sign_sensitive and (scale < 0).any():
             raise SurgeryError(
                 f"{where}: a negative gate cannot be folded across {type(m).__name__}; train gates with "
                 "nonnegative=True (the default for apg/ista)"
             )
-        if not isinstance(m, (*_HOMOGENEOUS, nn.Flatten)):
+        if not kind.homogeneous:
             raise SurgeryError(
                 f"{where}: {type(m).__name__} between the gate and the next conv/linear does not map a zero "
                 "channel to zero (or a scaled channel to a scaled one); place the gate right before its consumer"
@@ -331,18 +143,9 @@ def find_consumer(layers: list[nn.Module], i: int, scale: Tensor, where: str) ->
     raise SurgeryError(f"{where}: no conv/linear after the gate consumes its channels in the same nn.Sequential")
 
 
-def _cut_consumer(layer: nn.Conv2d | nn.Linear, keep: Tensor, scale: Tensor | None, where: str) -> nn.Module:
+def _cut_consumer(layer: nn.Module, keep: Tensor, scale: Tensor | None, where: str) -> nn.Module:
     """The consumer without the cut input channels, with the surviving gate factors folded in (if given)."""
-    channels = keep.numel()
-    if isinstance(layer, nn.Linear):
-        if layer.in_features % channels:
-            raise SurgeryError(f"{where}: Linear({layer.in_features}) input is not a multiple of {channels} channels")
-        per_channel = layer.in_features // channels
-        new = cut_linear(layer, in_keep=keep.repeat_interleave(per_channel))
-    else:
-        if layer.in_channels != channels:
-            raise SurgeryError(f"{where}: the gate has {channels} channels but its consumer takes {layer.in_channels}")
-        new = cut_conv(layer, in_keep=keep)
+    new = layer_kind(layer).cut_in(layer, keep, where)
     if scale is not None:
         scale_inputs(new, scale[_index(keep.cpu())])
     return new
@@ -353,22 +156,8 @@ def _constant_output(layers: list[nn.Module], channels: int, where: str) -> Tens
     """What ``layers`` output (one value per channel) when their input is all zeros."""
     v = torch.zeros(1, channels, 1, 1, dtype=layers[0].weight.dtype, device=layers[0].weight.device)
     for m in layers:
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            w = m.weight.detach()
-            zero = not v.any()
-            if isinstance(m, nn.Conv2d) and not zero and (m.kernel_size != (1, 1) or m.groups != 1):
-                raise SurgeryError(
-                    f"{where}: a branch emptied by zero gates feeds a constant into a "
-                    f"{m.kernel_size} conv, whose output is not constant at the borders; gate it differently"
-                )
-            out = w.new_zeros(w.shape[0]) if zero else w.reshape(w.shape[0], -1) @ v.flatten()
-            if m.bias is not None:
-                out = out + m.bias.detach()
-            v = out.view(1, -1, 1, 1)
-        elif isinstance(m, (nn.Flatten, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-            continue  # a spatially constant map stays constant
-        else:
-            v = copy.deepcopy(m).eval()(v)
+        constant = layer_kind(m).constant
+        v = constant(m, v, where) if constant is not None else copy.deepcopy(m).eval()(v)
     return v.flatten()
 
 
@@ -420,7 +209,8 @@ def prune_sequential(
         if not keep.any():
             consumer = layers[j]
             if allow_constant:
-                width = consumer.in_channels if isinstance(consumer, nn.Conv2d) else scale.numel()
+                consumes = layer_kind(consumer).in_channels
+                width = consumes(consumer) if consumes is not None else scale.numel()
                 return _constant_output(layers[j:], width, here)
             # the narrowest layer left: one structure (a channel, or a whole group), zeroed by its gate
             keep = torch.zeros_like(keep)
@@ -435,8 +225,7 @@ def prune_sequential(
         else:
             layers[j] = _cut_consumer(layers[j], keep, None, here)
             if not keep.all():
-                group_keep = keep.view(gate.num_structures, -1).all(1) if isinstance(gate, GroupGate) else keep
-                layers[i] = _cut_gate(gate, group_keep)
+                layers[i], _ = layer_kind(gate).cut_out(gate, keep)
     return nn.Sequential(*layers)
 
 

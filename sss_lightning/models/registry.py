@@ -12,7 +12,10 @@ as well (:func:`rebuildable`, :func:`import_path`, :func:`resolve_import_path`, 
 
 from __future__ import annotations
 
-from ..records import (
+from ..records import (  # noqa: F401  (the private store and allow-list too, for code that reached them here)
+    _INPUT_SIZES,
+    _REGISTRY,
+    _may_build,
     build_from_record,
     build_model,
     default_input_size,

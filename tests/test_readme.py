@@ -13,9 +13,8 @@ def _python_blocks(page: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", (REPO / page).read_text(), flags=re.S)
 
 
-def test_readme_python_example_trains_prunes_saves_and_reloads(tmp_path, monkeypatch):
+def test_readme_python_example_trains_prunes_saves_and_reloads(tmp_path, monkeypatch, assert_same_outputs):
     from sss_lightning import count_flops
-    from tests.test_surgery import assert_same_outputs
 
     (block,) = _python_blocks("README.md")
     monkeypatch.chdir(tmp_path)  # the example writes pruned.pt into the current directory
@@ -45,12 +44,11 @@ def test_docs_architecture_examples_build_gated_modules():
         assert [g["name"] for g in m.param_groups()] == ["weights", "gates"]
 
 
-def test_docs_mobilenet_example_trains_prunes_and_cuts_the_depthwise_conv():
+def test_docs_mobilenet_example_trains_prunes_and_cuts_the_depthwise_conv(randomize_bn, assert_same_outputs):
     import lightning as L
 
     from sss_lightning import prune
     from sss_lightning.data import SyntheticDataModule
-    from tests.test_surgery import assert_same_outputs, randomize_bn
 
     (block,) = [b for b in _python_blocks("docs/architectures.md") if "class TinyMobileNet" in b]
     namespace: dict = {}

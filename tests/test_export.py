@@ -9,13 +9,11 @@ from sss_lightning import load_pruned, prune, save_pruned
 from sss_lightning.cli import main
 from sss_lightning.export import export_model
 from sss_lightning.gates import random_gate_pattern
-from sss_lightning.models import build_model
-from tests.test_surgery import randomize_bn
 
 
 @pytest.fixture
-def pruned():
-    model = build_model("resnet20", width=4, in_channels=1, num_classes=5)
+def pruned(tiny_model, randomize_bn):
+    model = tiny_model("resnet20", in_channels=1, num_classes=5)
     randomize_bn(model, torch.Generator().manual_seed(0))
     random_gate_pattern(model, 0.5, seed=1)
     return prune(model).eval()

@@ -56,8 +56,8 @@ def test_gates_add_no_macs_and_surgery_reduces_them():
     assert logged["gated/macs"] == before.macs and logged["macs_reduction"] == pytest.approx(2 * conv / before.macs)
 
 
-def test_batch_dimension_is_optional_and_model_mode_is_restored():
-    model = CifarResNet(depth=8, width=4).train()
+def test_batch_dimension_is_optional_and_model_mode_is_restored(tiny_model):
+    model = tiny_model(depth=8).train()
     assert count_flops(model, (3, 8, 8)).macs * 2 == count_flops(model, (2, 3, 8, 8)).macs
     assert model.training
 
@@ -69,6 +69,6 @@ def test_batch_dimension_is_optional_and_model_mode_is_restored():
         ((28,), "must be \\(C, H, W\\)"),
     ],
 )
-def test_wrong_input_size_is_a_clear_error(size, message):
+def test_wrong_input_size_is_a_clear_error(tiny_model, size, message):
     with pytest.raises(ValueError, match=message):
-        count_flops(CifarResNet(depth=8, width=4, in_channels=1), size)
+        count_flops(tiny_model(depth=8, in_channels=1), size)

@@ -6,25 +6,9 @@ import torch
 
 from sss_lightning.gates import iter_gates
 from sss_lightning.io import PrunedFileError, load_pruned, save_pruned
-from sss_lightning.models import build_model
-from sss_lightning.surgery import prune
-from tests.conftest import REPO
-from tests.test_surgery import randomize_bn, set_gates
 
 
-def pruned_resnet(seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = build_model("resnet20", width=4, in_channels=1, num_classes=3, gates="both")
-    randomize_bn(model, gen)
-    set_gates(model, "random", gen, p_zero=0.5)
-    with torch.no_grad():
-        model.layer1[0].branch[3].scale.zero_()  # one branch reduced to a constant
-        model.layer2[0].gate.scale.zero_()  # one branch removed
-    return model.eval(), prune(model).eval()
-
-
-def test_reload_in_a_fresh_process_gives_identical_outputs(tmp_path):
+def test_reload_in_a_fresh_process_gives_identical_outputs(tmp_path, pruned_resnet, repo):
     gated, pruned = pruned_resnet()
     x = torch.randn(4, 1, 12, 12)
     torch.save(x, tmp_path / "x.pt")
@@ -36,12 +20,12 @@ def test_reload_in_a_fresh_process_gives_identical_outputs(tmp_path):
         f"y = torch.load(r'{tmp_path / 'y.pt'}'); assert torch.equal(m(x), y), (m(x) - y).abs().max(); "
         "assert m.sss_metadata == {'val/acc': 0.5}; print(sum(p.numel() for p in m.parameters()))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) == sum(p.numel() for p in pruned.parameters())
 
 
-def test_file_is_plain_data_loadable_with_weights_only(tmp_path):
+def test_file_is_plain_data_loadable_with_weights_only(tmp_path, pruned_resnet):
     _, pruned = pruned_resnet()
     save_pruned(pruned, tmp_path / "m.pt")
     payload = torch.load(tmp_path / "m.pt", weights_only=True)
@@ -52,7 +36,7 @@ def test_file_is_plain_data_loadable_with_weights_only(tmp_path):
     assert not list(iter_gates(loaded)) and not loaded.training
 
 
-def test_wrong_architecture_lists_mismatched_keys_and_shapes(tmp_path):
+def test_wrong_architecture_lists_mismatched_keys_and_shapes(tmp_path, pruned_resnet):
     _, pruned = pruned_resnet()
     save_pruned(pruned, tmp_path / "m.pt")
     payload = torch.load(tmp_path / "m.pt", weights_only=True)
@@ -63,7 +47,7 @@ def test_wrong_architecture_lists_mismatched_keys_and_shapes(tmp_path):
         load_pruned(tmp_path / "other.pt")
 
 
-def test_truncated_file_is_a_clear_error(tmp_path):
+def test_truncated_file_is_a_clear_error(tmp_path, pruned_resnet):
     _, pruned = pruned_resnet()
     path = save_pruned(pruned, tmp_path / "m.pt")
     data = path.read_bytes()

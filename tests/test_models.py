@@ -15,10 +15,10 @@ def test_registry_resnets_have_a_block_gate_per_residual_branch(name, blocks):
     assert model.sss_arch == {"name": name, "kwargs": {"num_classes": 7, "in_channels": 1, "gates": "block"}}
 
 
-def test_channel_gates_sit_on_inner_channels_of_each_block():
+def test_channel_gates_sit_on_inner_channels_of_each_block(tiny_model):
     basic = CifarResNet(depth=20, gates="channel")
     assert [g.module.num_structures for g in iter_gates(basic)] == [16] * 3 + [32] * 3 + [64] * 3
-    bottleneck = CifarResNet(depth=164, gates="both", width=4)
+    bottleneck = tiny_model(depth=164, gates="both")
     per_block = [g.kind for g in iter_gates(bottleneck)][:3]
     assert per_block == ["channel", "channel", "block"]
 
@@ -29,8 +29,8 @@ def test_plain_network_has_no_gates_and_same_output_shape():
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
 
 
-def test_forward_backward_reaches_every_gate():
-    model = CifarResNet(depth=20, gates="both", width=4)
+def test_forward_backward_reaches_every_gate(tiny_model):
+    model = tiny_model(depth=20, gates="both")
     model(torch.randn(2, 3, 12, 12)).sum().backward()
     assert all(g.module.scale.grad is not None for g in iter_gates(model))
 

@@ -11,7 +11,6 @@ from sss_lightning.data import ImageNetDataModule
 from sss_lightning.flops import MacEstimator, count_flops
 from sss_lightning.gates import BlockGate, ChannelGate, GroupGate, iter_gates, random_gate_pattern
 from sss_lightning.models import ResNeXt, build_model, default_input_size, list_models
-from tests.test_surgery import assert_same_outputs, randomize_bn, registry_model
 
 
 def small_size(name: str) -> int:
@@ -19,7 +18,7 @@ def small_size(name: str) -> int:
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_forward_backward_reaches_every_gate(name):
+def test_forward_backward_reaches_every_gate(registry_model, name):
     model = copy.deepcopy(registry_model(name)).train()
     size = small_size(name)
     model(torch.randn(2, 3, size, size)).sum().backward()
@@ -27,7 +26,7 @@ def test_forward_backward_reaches_every_gate(name):
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_mac_estimate_of_a_random_half_pattern_equals_fvcore(name):
+def test_mac_estimate_of_a_random_half_pattern_equals_fvcore(registry_model, name):
     model = copy.deepcopy(registry_model(name))
     random_gate_pattern(model, 0.5, seed=1)
     size = (3, small_size(name), small_size(name))
@@ -37,7 +36,7 @@ def test_mac_estimate_of_a_random_half_pattern_equals_fvcore(name):
     assert estimate(model) == count_flops(model, size).macs
 
 
-def test_resnext_group_gates_shrink_groups_and_feeding_channels():
+def test_resnext_group_gates_shrink_groups_and_feeding_channels(randomize_bn, assert_same_outputs):
     model = ResNeXt(stages=(1, 1), cardinality=4, base_width=2, stem_width=8, out_width=8, num_classes=3)
     randomize_bn(model, torch.Generator().manual_seed(0))
     gate = model.layers[0][0].branch[6]
@@ -51,8 +50,8 @@ def test_resnext_group_gates_shrink_groups_and_feeding_channels():
     assert_same_outputs(model, pruned, torch.randn(2, 3, 8, 8))
 
 
-def test_vgg_channel_gates_narrow_convs_and_the_classifier():
-    model = build_model("vgg11", num_classes=3, width_mult=0.125)
+def test_vgg_channel_gates_narrow_convs_and_the_classifier(tiny_model, randomize_bn, assert_same_outputs):
+    model = tiny_model("vgg11", num_classes=3)
     randomize_bn(model, torch.Generator().manual_seed(0))
     gates = [info.module for info in iter_gates(model)]
     assert len(gates) == 8 and all(isinstance(g, ChannelGate) for g in gates)
@@ -73,7 +72,7 @@ def test_resnet50_matches_the_published_size():
     "factory, kinds",
     [(torchvision.models.resnet18, ("block", "channel")), (torchvision.models.resnext50_32x4d, ("block", "group"))],
 )
-def test_add_gates_keeps_the_users_model_and_its_outputs(factory, kinds):
+def test_add_gates_keeps_the_users_model_and_its_outputs(randomize_bn, assert_same_outputs, factory, kinds):
     original = factory(weights=None, num_classes=7).eval()
     randomize_bn(original, torch.Generator().manual_seed(0))
     gated = add_gates(copy.deepcopy(original), kinds).eval()
@@ -85,8 +84,8 @@ def test_add_gates_keeps_the_users_model_and_its_outputs(factory, kinds):
     assert_same_outputs(gated, prune(gated), x)
 
 
-def test_add_gates_on_our_own_plain_blocks():
-    model = add_gates(build_model("resnet20", gates="none", width=4), ["block", "channel"])
+def test_add_gates_on_our_own_plain_blocks(tiny_model):
+    model = add_gates(tiny_model("resnet20", gates="none"), ["block", "channel"])
     assert [info.kind for info in iter_gates(model)][:2] == ["channel", "block"]
 
 
@@ -104,7 +103,7 @@ def test_add_gates_errors_name_the_module_and_the_supported_kinds(model, kinds, 
         add_gates(model(), kinds)
 
 
-def test_gated_torchvision_resnet50_saves_and_reloads_pruned(tmp_path):
+def test_gated_torchvision_resnet50_saves_and_reloads_pruned(tmp_path, randomize_bn):
     model = build_model("tv_resnet50", num_classes=4)
     randomize_bn(model, torch.Generator().manual_seed(0))
     random_gate_pattern(model, 0.5, seed=3)
@@ -114,19 +113,7 @@ def test_gated_torchvision_resnet50_saves_and_reloads_pruned(tmp_path):
     assert torch.equal(load_pruned(tmp_path / "tv.pt")(x), pruned(x))
 
 
-def make_image_folder(root, classes=("cat", "dog"), per_class=3, size=40):
-    from PIL import Image
-
-    for split in ("train", "val"):
-        for i, cls in enumerate(classes):
-            folder = root / split / cls
-            folder.mkdir(parents=True)
-            for j in range(per_class):
-                Image.new("RGB", (size, size), color=(40 * i, 20 * j, 100)).save(folder / f"{j}.png")
-    return root
-
-
-def test_imagenet_datamodule_reads_an_image_folder_tree(tmp_path):
+def test_imagenet_datamodule_reads_an_image_folder_tree(tmp_path, make_image_folder):
     dm = ImageNetDataModule(
         str(make_image_folder(tmp_path / "imnet")), batch_size=2, num_workers=0, image_size=32, val_resize=36
     )

@@ -10,23 +10,16 @@ from hypothesis import strategies as st
 from torch import nn
 
 from sss_lightning.gates import ChannelGate, GroupGate, iter_gates
-from sss_lightning.models import CifarResNet, build_model
-from sss_lightning.module import SSSClassifier
 from sss_lightning.optim import APG
 from sss_lightning.rescale import gate_pairs, rescale_gates
-from tests.helpers import quiet_trainer, tiny_data
 
 SMALL_RESNEXT = {"cardinality": 2, "base_width": 4, "stem_width": 8, "out_width": 16}
 
 
-def _net(**kwargs) -> nn.Module:
-    return CifarResNet(depth=8, width=4, num_classes=4, **kwargs).double()
-
-
-def test_channel_gates_in_front_of_a_conv_and_bn_are_scale_invariant_as_a_layer():
+def test_channel_gates_in_front_of_a_conv_and_bn_are_scale_invariant_as_a_layer(tiny_model):
     """The flaw rescaling answers: in the CIFAR basic block the loss cannot tell a layer's gates at 1 from
     the same gates at 0.1, and its gradient has no component along the layer's gates."""
-    net = _net(gates="channel").train()
+    net = tiny_model(depth=8, num_classes=4, gates="channel").double().train()
     x, y = torch.randn(16, 3, 8, 8, dtype=torch.float64), torch.randint(0, 4, (16,))
     gate = next(info.module for info in iter_gates(net))
     loss = nn.functional.cross_entropy(net(x), y)
@@ -45,10 +38,10 @@ def test_channel_gates_in_front_of_a_conv_and_bn_are_scale_invariant_as_a_layer(
     p_zero=st.floats(0.0, 0.9),
     seed=st.integers(0, 2**16),
 )
-def test_rescaling_keeps_outputs_and_zeros_and_sets_each_layers_largest_gate_to_one(arch, p_zero, seed):
+def test_rescaling_keeps_outputs_and_zeros_and_sets_each_layers_largest_gate_to_one(arch, p_zero, seed, tiny_model):
     gen = torch.Generator().manual_seed(seed)
-    kwargs = {"resnet20": {"width": 4}, "resnext29_8x64d": SMALL_RESNEXT, "vgg11": {"width_mult": 0.125}}[arch]
-    net = build_model(arch, num_classes=5, **kwargs).double()
+    kwargs = {"resnext29_8x64d": SMALL_RESNEXT}.get(arch, {})  # ResNet-20 of width 4, VGG-11 at 1/8 width
+    net = tiny_model(arch, num_classes=5, **kwargs).double()
     with torch.no_grad():
         for info in iter_gates(net):
             s = info.module.scale
@@ -68,12 +61,12 @@ def test_rescaling_keeps_outputs_and_zeros_and_sets_each_layers_largest_gate_to_
                 assert pair.gate.scale.max().item() == pytest.approx(1.0, abs=1e-15)
 
 
-def test_group_and_vgg_gates_pair_with_the_conv_or_linear_that_consumes_them():
-    resnext = build_model("resnext29_8x64d", num_classes=5, **SMALL_RESNEXT)
+def test_group_and_vgg_gates_pair_with_the_conv_or_linear_that_consumes_them(tiny_model):
+    resnext = tiny_model("resnext29_8x64d", num_classes=5, **SMALL_RESNEXT)
     pairs, _ = gate_pairs(resnext)
     assert {type(p.gate) for p in pairs} == {GroupGate}
     assert all(isinstance(p.consumer, nn.Conv2d) and p.consumer.kernel_size == (1, 1) for p in pairs)
-    vgg = build_model("vgg11", num_classes=5, width_mult=0.125)
+    vgg = tiny_model("vgg11", num_classes=5)
     consumers = [type(p.consumer) for p in gate_pairs(vgg)[0]]
     assert consumers[-1] is nn.Linear and set(consumers[:-1]) == {nn.Conv2d}
 
@@ -84,10 +77,10 @@ def test_a_gate_without_a_foldable_consumer_is_reported_and_left_alone():
     assert not pairs and unpaired == ["2"]
 
 
-def test_momentum_moves_with_the_parameters():
+def test_momentum_moves_with_the_parameters(tiny_model):
     """Rescaling is a change of coordinates: the optimizer continues from the same point on the same path."""
     torch.manual_seed(0)
-    net = _net(gates="channel")
+    net = tiny_model(depth=8, num_classes=4, gates="channel").double()
     x, y = torch.randn(16, 3, 8, 8, dtype=torch.float64), torch.randint(0, 4, (16,))
     opt = APG(net.parameters(), lr=0.1, momentum=0.9)
     for _ in range(3):
@@ -103,8 +96,8 @@ def test_momentum_moves_with_the_parameters():
     torch.testing.assert_close(opt.state[consumer]["momentum_buffer"], consumer_buf * s)
 
 
-def test_frozen_gates_are_not_rescaled():
-    net = _net(gates="channel")
+def test_frozen_gates_are_not_rescaled(tiny_model):
+    net = tiny_model(depth=8, num_classes=4, gates="channel").double()
     with torch.no_grad():
         for info in iter_gates(net):
             info.module.scale.mul_(0.5)
@@ -113,8 +106,10 @@ def test_frozen_gates_are_not_rescaled():
     assert all(torch.all(info.module.scale == 0.5) for info in iter_gates(net))
 
 
-def test_module_with_gate_rescale_keeps_every_trained_layer_max_at_one(tmp_path):
-    module = SSSClassifier(arch="resnet20", num_classes=4, arch_kwargs={"width": 4}, gamma=0.05, gate_rescale=True)
+def test_module_with_gate_rescale_keeps_every_trained_layer_max_at_one(
+    tmp_path, tiny_classifier, quiet_trainer, tiny_data
+):
+    module = tiny_classifier(gamma=0.05, gate_rescale=True)
     quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=0).fit(module, datamodule=tiny_data())
     maxima = [p.gate.scale.max().item() for p in gate_pairs(module.net)[0] if p.gate.scale.any()]
     assert maxima and all(m == pytest.approx(1.0, abs=1e-6) for m in maxima)

@@ -61,6 +61,7 @@ class SurgeryError(ValueError):
 class LayerKind:
     """What the library knows about one layer type; every field may be left out (``None``: not supported).
 
+    Traits: ``channelwise``, ``homogeneous`` and ``sign_sensitive``, as the module docstring defines them.
     Surgery:
         channels: ``(layer) -> int``, the channels of its output: what a gate after it counts.
         in_channels: ``(layer) -> int``, the channels (or features) of its input.
@@ -71,7 +72,8 @@ class LayerKind:
         cut_in: ``(layer, keep, where) -> new layer`` without the input channels where ``keep`` is False:
             the layer may *consume* a gate's channels. Raises :class:`SurgeryError` (prefixed ``where``)
             when the count does not fit.
-        consumer_problem: ``(layer) -> str | None``, why this instance cannot consume a gate (the fix), or None.
+        consumer_problem: ``(layer) -> str | None``, why this instance cannot consume a gate's channels and
+            what to do instead; ``None`` when it can.
         scale_in: ``(layer, scale) -> None``, multiplies its weights per input channel in place.
         scale_out: ``(layer, factor) -> bool``, multiplies its output by a scalar in place by changing its
             weights; False when this instance cannot (a BN without affine parameters).

@@ -18,6 +18,7 @@ from sss_lightning.stability import ZeroSetTracker
 from sss_lightning.surgery import prune
 
 from .input_size import check_input_size, find_input_size
+from .protocols import ShrinkAwareModule, check_module
 
 
 def gate_stats(net: torch.nn.Module) -> dict[str, float]:
@@ -50,6 +51,12 @@ class GateMonitor(Callback):
     during the epoch, and at the end of fit ``gates/stable_zero_fraction``, the fraction of the final zero
     gates that stayed zero over the last ``stable_window`` of the steps (also in :attr:`stability`, and
     drawn in ``churn.png``).
+
+    The module needs ``net`` and ``shrunk_gates``
+    (:class:`~sss_lightning.callbacks.protocols.ShrinkAwareModule`; SSSModule has both). Several monitors
+    can run in one Trainer (e.g. a fine and a coarse logging interval, with their own ``dirpath``): a
+    checkpoint keeps each one's curves under its :attr:`state_key` (class name, ``log_every_n_steps``,
+    ``dirpath``, ``stable_window``), so resume with the same arguments to continue them.
 
     Args:
         log_every_n_steps: logging interval in optimizer steps.
@@ -84,6 +91,35 @@ class GateMonitor(Callback):
         self._estimator: MacEstimator | None = None
         self._full_macs = 0
 
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            log_every_n_steps=self.log_every_n_steps, dirpath=self.dirpath, stable_window=self.stable_window
+        )
+
+    @property
+    @override
+    def _legacy_state_key(self) -> Any:
+        """The key of checkpoints written before :attr:`state_key` had arguments: resumes from them keep the curves."""
+        return type(self).__qualname__
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        check_module(pl_module, ShrinkAwareModule, "GateMonitor")
+        if not self.plots:
+            return
+        folder = self.plot_dir(trainer).absolute()
+        for other in trainer.callbacks:
+            if isinstance(other, GateMonitor) and other is not self and other.plots:
+                if other.plot_dir(trainer).absolute() == folder:
+                    raise ValueError(
+                        f"two GateMonitor callbacks draw their plots into {folder} (dirpath={self.dirpath!r}), so "
+                        "they would overwrite each other; give each its own dirpath, or plots=False to all but one"
+                    )
+
     def _macs(self, pl_module: L.LightningModule) -> dict[str, float]:
         if self._estimator is None:
             size = find_input_size(self.input_size, pl_module)
@@ -112,7 +148,7 @@ class GateMonitor(Callback):
     ) -> None:
         step = trainer.global_step
         if step != self.tracker.step:
-            self.tracker.update(pl_module.net, step, getattr(pl_module, "shrunk_gates", None))
+            self.tracker.update(pl_module.net, step, pl_module.shrunk_gates)
         if step % self.log_every_n_steps == 0 and (not self.history or self.history[-1]["step"] != step):
             self._record(trainer, pl_module)
 
@@ -158,6 +194,7 @@ class GateMonitor(Callback):
             logger.log_metrics(hists, step=trainer.global_step)
 
     def plot_dir(self, trainer: L.Trainer) -> Path:
+        """The folder of the PNG plots: ``dirpath``, default ``<default_root_dir>/gate_plots``."""
         return Path(self.dirpath or Path(trainer.default_root_dir) / "gate_plots")
 
     @rank_zero_only

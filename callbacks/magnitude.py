@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
@@ -16,7 +18,9 @@ class MagnitudePruning(StructuralSurgery):
     (with ``finetune_epochs``) fine-tune it: Network Slimming with ``criterion="bn_scale"`` (after training
     :class:`~sss_lightning.baselines.NetworkSlimming`), Li et al.'s filter pruning with
     ``criterion="filter_l1"``. The decision is written into the channel gates, so surgery, MACs reports,
-    the saved pruned model and fine-tuning are :class:`StructuralSurgery`'s.
+    the saved pruned model and fine-tuning are :class:`StructuralSurgery`'s, and so is what the module needs
+    (:class:`~sss_lightning.callbacks.protocols.ReshapableModule`). Its :attr:`state_key` adds
+    ``criterion``, ``amount`` and ``scope`` to StructuralSurgery's.
 
     Args:
         criterion: ``"bn_scale"`` (|BN scale|) or ``"filter_l1"`` (L1 norm of the producing conv filter).
@@ -34,6 +38,11 @@ class MagnitudePruning(StructuralSurgery):
             raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
         super().__init__(**kwargs)
         self.criterion, self.amount, self.scope = criterion, amount, scope
+
+    @override
+    def _state_key_arguments(self) -> dict[str, Any]:
+        own = {"criterion": self.criterion, "amount": self.amount, "scope": self.scope}
+        return {**own, **super()._state_key_arguments()}
 
     @override
     def _operate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:

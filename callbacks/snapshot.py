@@ -8,7 +8,6 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
-from torch import nn
 from typing_extensions import override
 
 from sss_lightning.flops import MacEstimator
@@ -16,6 +15,7 @@ from sss_lightning.io import rebuild_problem, save_pruned
 from sss_lightning.surgery import check_round_to, prune
 
 from .input_size import check_input_size, require_input_size
+from .protocols import GatedModule, check_module
 
 
 class PruningSnapshot(Callback):
@@ -26,6 +26,11 @@ class PruningSnapshot(Callback):
     construction record; when it has none this callback says what to add when the fit is set up, before
     any training. Each file carries the epoch, step, MACs, params and the epoch's validation metrics in
     its metadata (``load_pruned(path).sss_metadata``), and a row is added to ``dirpath/snapshots.md``.
+
+    The module needs a ``net`` (:class:`~sss_lightning.callbacks.protocols.GatedModule`; SSSModule has it).
+    Several snapshots can run in one Trainer, each with its own ``dirpath``: a checkpoint keeps each one's
+    rows under its :attr:`state_key` (class name, ``dirpath``, ``every_n_epochs``, ``epochs``), so resume
+    with the same arguments to continue them.
 
     Args:
         every_n_epochs: interval in epochs (counted from 1); ignored when ``epochs`` is given.
@@ -54,14 +59,30 @@ class PruningSnapshot(Callback):
         self.round_to = check_round_to(round_to)
         self.rows: list[dict[str, Any]] = []
 
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(dirpath=self.dirpath, every_n_epochs=self.every_n_epochs, epochs=self.epochs)
+
+    @property
+    @override
+    def _legacy_state_key(self) -> Any:
+        """The key of checkpoints written before :attr:`state_key` had arguments: resumes from them keep the rows."""
+        return type(self).__qualname__
+
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        net = getattr(pl_module, "net", None)
-        if not isinstance(net, nn.Module):
-            raise TypeError(f"PruningSnapshot needs a LightningModule with a .net network (an SSSModule), got {net!r}")
-        problem = rebuild_problem(net)
+        check_module(pl_module, GatedModule, "PruningSnapshot")
+        folder = self._dir(trainer).absolute()
+        for other in trainer.callbacks:
+            if isinstance(other, PruningSnapshot) and other is not self and other._dir(trainer).absolute() == folder:
+                raise ValueError(
+                    f"two PruningSnapshot callbacks write into {folder} (dirpath={self.dirpath!r}), so their files and "
+                    "snapshots.md would overwrite each other; give each its own dirpath"
+                )
+        problem = rebuild_problem(pl_module.net)
         if problem is not None:
             raise ValueError(f"PruningSnapshot cannot write pruned files that reload: {problem}")
 

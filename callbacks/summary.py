@@ -27,13 +27,20 @@ def format_summary(metrics: dict[str, float], gate_summary: dict[str, float]) ->
 class FitSummary(Callback):
     """Prints (rank zero) the last validation metrics and the gate sparsity per kind when training ends.
 
-    It runs at ``on_train_end``, before any ``on_fit_end`` surgery replaces the gated network.
+    It runs at ``on_train_end``, before any ``on_fit_end`` surgery replaces the gated network. It reads the
+    gates wherever they are in the module, so any LightningModule will do. It keeps no state; its
+    :attr:`state_key` (class name and ``prefixes``) tells two summaries apart.
     """
 
     def __init__(self, prefixes: tuple[str, ...] = ("val/",)) -> None:
         if isinstance(prefixes, str):
             raise TypeError(f"prefixes must be a sequence of strings, got the string {prefixes!r}")
         self.prefixes = tuple(prefixes)
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(prefixes=self.prefixes)
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -18,6 +18,7 @@ from sss_lightning.io import rebuild_problem, save_pruned
 from sss_lightning.surgery import check_round_to, prune
 
 from .input_size import check_input_size, require_input_size
+from .protocols import FineTunableModule, ReshapableModule, check_module
 
 
 def smallest_gates(net: torch.nn.Module, k: int = 5) -> list[tuple[str, float]]:
@@ -58,6 +59,13 @@ class StructuralSurgery(Callback):
     it prints the MACs/params table before/after (per stage too), logs the numbers under ``surgery/``,
     and writes the pruned model to ``dirpath/filename`` (reloadable in a fresh process with ``load_pruned``;
     a network without a construction record is refused when the fit is set up, with what to add).
+
+    The module needs ``net``, ``reshaped``, ``replace_network(net)`` and ``network_as_built()``
+    (:class:`~sss_lightning.callbacks.protocols.ReshapableModule`), and with ``finetune_epochs`` also
+    ``prepare_finetune(lr, total_steps)`` (:class:`~sss_lightning.callbacks.protocols.FineTunableModule`);
+    SSSModule has them all, and a module without one is refused when the fit is set up. A checkpoint keeps
+    this callback's state under its :attr:`state_key` (class name, ``dirpath``, ``filename``,
+    ``finetune_epochs``, ``round_to``).
 
     Args:
         dirpath: folder of the pruned model; default: the run's log folder (``trainer.log_dir``, as
@@ -102,22 +110,41 @@ class StructuralSurgery(Callback):
         self.done = False
         self._finetune_now = False  # set at fit start: fast_dev_run smoke tests do surgery at fit end
 
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(**self._state_key_arguments())
+
+    def _state_key_arguments(self) -> dict[str, Any]:
+        """The constructor arguments that tell two instances apart in a checkpoint."""
+        return {
+            "dirpath": self.dirpath,
+            "filename": self.filename,
+            "finetune_epochs": self.finetune_epochs,
+            "round_to": self.round_to,
+        }
+
+    @property
+    @override
+    def _legacy_state_key(self) -> Any:
+        """The key of checkpoints written before :attr:`state_key` had arguments: resumes from them keep the state."""
+        return type(self).__qualname__
+
     def _input_size(self, pl_module: L.LightningModule) -> list[int]:
-        return require_input_size(self.input_size, pl_module, "StructuralSurgery")
+        return require_input_size(self.input_size, pl_module, type(self).__name__)
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit" or self.filename is None:
+        if stage != "fit":
             return
-        net = getattr(pl_module, "net", None)
-        if not isinstance(net, torch.nn.Module):
-            raise TypeError(
-                f"StructuralSurgery needs a LightningModule with a .net network (an SSSModule), got {net!r}"
-            )
-        problem = rebuild_problem(net)
+        protocol = FineTunableModule if self.finetune_epochs > 0 else ReshapableModule
+        check_module(pl_module, protocol, type(self).__name__)
+        if self.filename is None:
+            return
+        problem = rebuild_problem(pl_module.net)
         if problem is not None:
             raise ValueError(
-                f"StructuralSurgery cannot write a pruned file that reloads: {problem}. Or pass filename=None to "
+                f"{type(self).__name__} cannot write a pruned file that reloads: {problem}. Or pass filename=None to "
                 "keep the pruned network in memory without writing a file"
             )
 
@@ -167,7 +194,7 @@ class StructuralSurgery(Callback):
         if not list(iter_gates(net)):
             rank_zero_warn("StructuralSurgery: the network has no gates (already pruned?); nothing to do")
             return False
-        shrunk = getattr(pl_module, "reshaped", False)  # zero structures were already cut during training
+        shrunk = pl_module.reshaped  # zero structures were already cut during training
         if not shrunk and not any((info.module.scale == 0).any() for info in iter_gates(net)):
             listed = ", ".join(f"{name}={value:.3g}" for name, value in smallest_gates(net))
             rank_zero_warn(
@@ -177,11 +204,7 @@ class StructuralSurgery(Callback):
         size = self._input_size(pl_module)
         pruned = prune(net, round_to=self.round_to)
         before, after = count_flops(self._as_built(pl_module, net, shrunk), size), count_flops(pruned, size)
-        replace = getattr(pl_module, "replace_network", None)
-        if callable(replace):
-            replace(pruned)
-        else:
-            pl_module.net = pruned.to(pl_module.device)
+        pl_module.replace_network(pruned)
         self.report = comparison_dict(before, after)
         rank_zero_info("\nStructural surgery (MACs counted by fvcore)\n" + format_comparison(before, after))
         for logger in trainer.loggers:
@@ -192,10 +215,7 @@ class StructuralSurgery(Callback):
     def _as_built(pl_module: L.LightningModule, net: torch.nn.Module, shrunk: bool) -> torch.nn.Module:
         """The network to report "before" numbers for: after an in-training shrink, the architecture as
         the module built it (else the table would compare the already smaller one with itself)."""
-        as_built = getattr(pl_module, "network_as_built", None)
-        if not shrunk or not callable(as_built):
-            return net
-        return as_built()
+        return pl_module.network_as_built() if shrunk else net
 
     @torch.no_grad()
     def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

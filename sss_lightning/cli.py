@@ -7,6 +7,14 @@ writes it as TorchScript or ONNX, and ``models`` lists the registered architectu
 LightningCLI's ``--optimizer`` and ``--lr_scheduler`` would silently replace the two-group APG set-up
 that SSS depends on, so they are refused with an error that says which model arguments to set instead.
 
+The model's ``input_size`` (the ``(C, H, W)`` that MACs are counted at, and that ``cost_weighted`` needs)
+comes from the datamodule: its ``input_size`` attribute is linked to ``model.init_args.input_size`` when
+the two are built (LightningCLI ``link_arguments``, ``apply_on="instantiate"``), so a config names the
+image shape once, in ``data``. A ``model.init_args.input_size`` in a config or on the command line must
+then agree with the datamodule's (a mismatch is an error, exit code 2); it is used only when the
+datamodule has no ``input_size`` of its own. ``--print_config`` and the saved ``config.yaml`` do not list
+the linked value (jsonargparse writes them before anything is built); ``--help`` lists the link.
+
 Errors are the command line's, not Python's: a bad value (``--model.init_args.gamma=-1``, an unknown
 architecture, a missing or damaged file) prints one line ``sss-lightning: error: <option>=<value>: <what is
 wrong and the fix>`` and exits with code 2 (1 for an error during the run); ``--debug`` or ``SSS_DEBUG=1``
@@ -28,7 +36,7 @@ import lightning as L
 from jsonargparse import ArgumentParser
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.cli import ArgsType, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 
 from .export import FORMATS, export_model
@@ -78,6 +86,7 @@ class SSSLightningCLI(LightningCLI):
         kwargs.setdefault("parser_kwargs", {"default_env": False})
         # Re-running a config (e.g. the quick start) replaces its saved config.yaml instead of aborting.
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        self._explicit_input_size: list[int] | None = None
         super().__init__(
             SSSModule,
             LightningDataModule,
@@ -87,6 +96,32 @@ class SSSLightningCLI(LightningCLI):
             **kwargs,
         )
 
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Link the datamodule's ``input_size`` to the model's, applied when both are built."""
+        parser.link_arguments(
+            "data", "model.init_args.input_size", compute_fn=self.datamodule_input_size, apply_on="instantiate"
+        )
+
+    def datamodule_input_size(self, data: Any) -> list[int] | None:
+        """The model's ``input_size``: the datamodule's ``(C, H, W)``; without one, what the config set for the
+        model (``None``: SSSModule records the shape of its first training batch).
+
+        Raises:
+            ConfigError: the config sets a ``model.init_args.input_size`` the datamodule's disagrees with.
+        """
+        explicit = self._explicit_input_size
+        size = getattr(data, "input_size", None)
+        if size is None:
+            return explicit
+        size = [int(s) for s in size]
+        if explicit is not None and explicit != size:
+            raise ConfigError(
+                f"--model.init_args.input_size={explicit} disagrees with the datamodule's input size {size} "
+                f"({type(data).__name__}.input_size, which the command line passes to the model); remove "
+                "model.init_args.input_size from the config and the command line: the datamodule provides it"
+            )
+        return size
+
     def instantiate_classes(self) -> None:
         """LightningCLI's, with a constructor's ValueError/TypeError (and the Trainer's
         MisconfigurationException) turned into a ConfigError that names the option and its value."""
@@ -95,12 +130,16 @@ class SSSLightningCLI(LightningCLI):
         except (ValueError, TypeError, MisconfigurationException) as err:
             if isinstance(err, ConfigError):
                 raise
+            if isinstance(_root_cause(err), ConfigError):  # raised in a link's compute_fn: it names the option
+                raise ConfigError(str(_root_cause(err))) from err
             config = self.config[self.subcommand] if self.subcommand else self.config
             raise ConfigError(explain(err, config)) from err
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         _offline_without_wandb_key(config)
+        explicit = config.get("model.init_args.input_size") if config.get("model.init_args") else None
+        self._explicit_input_size = [int(s) for s in explicit] if explicit is not None else None
         for key in ("optimizer", "lr_scheduler"):
             if config.get(key) is not None:
                 raise ConfigError(

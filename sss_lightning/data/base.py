@@ -44,6 +44,9 @@ class ImageClassificationDataModule(L.LightningDataModule):
 
     The validation set is the dataset's official test split (the convention of the CIFAR/ImageNet
     papers SSS compares with); ``test`` uses the same split so ``trainer.test`` reports it too.
+
+    :attr:`input_size` is the ``(C, H, W)`` of one image as the loaders yield it, known at construction
+    (before any data is read); the command line passes it to the model's ``input_size``.
     """
 
     num_classes: int
@@ -62,6 +65,11 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self._resume: dict[str, int] | None = None
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one image as the loaders yield it: ``(in_channels, image_size, image_size)``."""
+        return (int(self.in_channels), int(self.image_size), int(self.image_size))
 
     def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:

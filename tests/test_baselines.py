@@ -4,16 +4,17 @@ import lightning as L
 import pytest
 import torch
 
-from sss_lightning import build_model, count_flops, load_pruned
+from sss_lightning import count_flops, load_pruned
 from sss_lightning.baselines import NetworkSlimming, channel_scores, gated_producers, select_channels
 from sss_lightning.callbacks import MagnitudePruning
 from sss_lightning.gates import gate_parameters, iter_gates
-from tests.helpers import quiet_trainer, tiny_data
 
 
-def net():
+@pytest.fixture
+def model(tiny_model):
+    """A tiny ResNet-20 with channel gates only and distinct BN scales (seeded)."""
     torch.manual_seed(0)
-    model = build_model("resnet20", num_classes=4, gates="channel", width=4)
+    model = tiny_model("resnet20", num_classes=4, gates="channel")
     with torch.no_grad():  # distinct scores
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -21,8 +22,7 @@ def net():
     return model
 
 
-def test_every_channel_gate_is_matched_to_its_producing_conv_and_bn():
-    model = net()
+def test_every_channel_gate_is_matched_to_its_producing_conv_and_bn(model):
     found = list(gated_producers(model))
     assert len(found) == 9  # one per basic block
     for name, gate, conv, bn in found:
@@ -31,8 +31,7 @@ def test_every_channel_gate_is_matched_to_its_producing_conv_and_bn():
 
 
 @pytest.mark.parametrize("criterion", ["bn_scale", "filter_l1"])
-def test_global_selection_removes_the_lowest_scores_over_all_layers(criterion):
-    model = net()
+def test_global_selection_removes_the_lowest_scores_over_all_layers(criterion, model):
     scores = channel_scores(model, criterion)
     removed = select_channels(model, criterion, 0.4)
     flat = torch.cat(list(scores.values()))
@@ -47,8 +46,7 @@ def test_global_selection_removes_the_lowest_scores_over_all_layers(criterion):
     assert 0.3 < removed <= 0.4  # 40% minus the channels given back to layers that would have been emptied
 
 
-def test_layer_selection_removes_the_same_fraction_in_every_layer_and_keeps_one():
-    model = net()
+def test_layer_selection_removes_the_same_fraction_in_every_layer_and_keeps_one(model):
     select_channels(model, "filter_l1", 0.5, scope="layer")
     for _, gate, _, _ in gated_producers(model):
         assert int((gate.scale == 0).sum()) == gate.num_structures // 2
@@ -69,9 +67,9 @@ def test_bad_pruning_arguments_say_what_to_fix(kwargs, message):
         MagnitudePruning(**kwargs)
 
 
-def test_no_channel_gates_is_a_clear_error():
+def test_no_channel_gates_is_a_clear_error(tiny_model):
     with pytest.raises(ValueError, match="no channel gates after a conv; build it with gates='channel'"):
-        channel_scores(build_model("resnet20", gates="block", width=4), "filter_l1")
+        channel_scores(tiny_model("resnet20", gates="block"), "filter_l1")
 
 
 def test_network_slimming_puts_the_bn_scales_under_l1_and_keeps_gates_out_of_the_optimizer():
@@ -84,15 +82,21 @@ def test_network_slimming_puts_the_bn_scales_under_l1_and_keeps_gates_out_of_the
     assert not any(p.requires_grad for p in gate_parameters(module.net))
 
 
-def fit(module, callbacks, root, epochs=3):
-    trainer = quiet_trainer(root, callbacks, max_epochs=epochs)
-    L.seed_everything(0)
-    trainer.fit(module, datamodule=tiny_data(train_size=128))
-    return trainer
+@pytest.fixture(scope="session")
+def fit(quiet_trainer, tiny_data):
+    """fit(module, callbacks, root, epochs=3): a seeded fit on tiny_data with 128 training images."""
+
+    def fit(module, callbacks, root, epochs=3):
+        trainer = quiet_trainer(root, callbacks, max_epochs=epochs)
+        L.seed_everything(0)
+        trainer.fit(module, datamodule=tiny_data(train_size=128))
+        return trainer
+
+    return fit
 
 
 @pytest.mark.slow
-def test_the_l1_subgradient_shrinks_the_bn_scales(tmp_path):
+def test_the_l1_subgradient_shrinks_the_bn_scales(tmp_path, fit):
     norms = {}
     for sparsity in (0.0, 0.1):
         torch.manual_seed(0)
@@ -104,7 +108,7 @@ def test_the_l1_subgradient_shrinks_the_bn_scales(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("criterion", ["bn_scale", "filter_l1"])
-def test_prune_then_finetune_gives_a_smaller_network_trained_after_the_cut(tmp_path, criterion):
+def test_prune_then_finetune_gives_a_smaller_network_trained_after_the_cut(tmp_path, criterion, fit):
     torch.manual_seed(0)
     module = NetworkSlimming(sparsity=1e-3, arch="resnet20", num_classes=4, arch_kwargs={"width": 4})
     full = count_flops(module.net, [3, 8, 8]).macs

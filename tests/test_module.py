@@ -4,24 +4,24 @@ from torch import nn
 
 from sss_lightning import SSSClassifier, SSSModule
 from sss_lightning.gates import ChannelGate, gate_parameters, iter_gates, sparsity
-from sss_lightning.models import CifarResNet
 from sss_lightning.optim import APG
-from tests.helpers import quiet_trainer, tiny_data
 
 
-def tiny_net(**kwargs):
-    return CifarResNet(depth=8, width=4, num_classes=4, **kwargs)
+@pytest.fixture(scope="session")
+def fit(quiet_trainer, tiny_data):
+    """fit(module, steps=30, **trainer_kwargs): a CPU fit on tiny_data with 128 training images."""
+
+    def fit(module, steps=30, **trainer_kwargs):
+        trainer = quiet_trainer(max_steps=steps, accelerator="cpu", **trainer_kwargs)
+        data = tiny_data(train_size=128)
+        trainer.fit(module, datamodule=data)
+        return trainer
+
+    return fit
 
 
-def fit(module, steps=30, **trainer_kwargs):
-    trainer = quiet_trainer(max_steps=steps, accelerator="cpu", **trainer_kwargs)
-    data = tiny_data(train_size=128)
-    trainer.fit(module, datamodule=data)
-    return trainer
-
-
-def test_two_groups_gates_only_in_gate_group_without_weight_decay():
-    module = SSSModule(tiny_net(), gamma=0.02, weight_decay=5e-4)
+def test_two_groups_gates_only_in_gate_group_without_weight_decay(tiny_model):
+    module = SSSModule(tiny_model(depth=8, num_classes=4), gamma=0.02, weight_decay=5e-4)
     opt = APG(module.param_groups(), lr=0.1)
     weights, gates = opt.param_groups
     assert (weights["name"], gates["name"]) == ("weights", "gates")
@@ -33,17 +33,17 @@ def test_two_groups_gates_only_in_gate_group_without_weight_decay():
     assert (weights["weight_decay"], weights["gamma"], weights["nonnegative"]) == (5e-4, 0.0, False)
 
 
-def test_paper_defaults():
-    hp = SSSModule(tiny_net()).hparams
+def test_paper_defaults(tiny_model):
+    hp = SSSModule(tiny_model(depth=8, num_classes=4)).hparams
     assert (hp.lr, hp.momentum, hp.weight_decay) == (0.1, 0.9, 1e-4)
-    assert all(torch.all(p == 1.0) for p in gate_parameters(SSSModule(tiny_net()).net))
+    assert all(torch.all(p == 1.0) for p in gate_parameters(SSSModule(tiny_model(depth=8, num_classes=4)).net))
 
 
 @pytest.mark.parametrize("mode", ["apg", "ista"])
-def test_training_drives_gates_to_exact_zero_with_proximal_modes(mode):
+def test_training_drives_gates_to_exact_zero_with_proximal_modes(mode, tiny_model, fit):
     # rescaled gates start level with their layer's largest one: ISTA (no momentum) needs a larger gamma
     # than the 0.5 it needed when whole layers fell together
-    module = SSSModule(tiny_net(), gamma=2.0, gate_mode=mode, schedule="constant")
+    module = SSSModule(tiny_model(depth=8, num_classes=4), gamma=2.0, gate_mode=mode, schedule="constant")
     fit(module)
     gates = torch.cat([p.detach() for p in gate_parameters(module.net)])
     assert (gates == 0).any(), gates
@@ -51,9 +51,11 @@ def test_training_drives_gates_to_exact_zero_with_proximal_modes(mode):
     assert sparsity(module.net)["overall"] > 0
 
 
-def test_sgd_baseline_shrinks_gates_but_gives_no_exact_zero():
+def test_sgd_baseline_shrinks_gates_but_gives_no_exact_zero(tiny_model, fit):
     # without rescaling: rescaled gates have a largest magnitude of 1 per layer whatever the optimizer does
-    module = SSSModule(tiny_net(), gamma=0.5, gate_mode="sgd", schedule="constant", gate_rescale=False)
+    module = SSSModule(
+        tiny_model(depth=8, num_classes=4), gamma=0.5, gate_mode="sgd", schedule="constant", gate_rescale=False
+    )
     assert module.gate_nonnegative is False
     fit(module)
     gates = torch.cat([p.detach() for p in gate_parameters(module.net)])
@@ -61,21 +63,21 @@ def test_sgd_baseline_shrinks_gates_but_gives_no_exact_zero():
     assert gates.abs().mean() < 1.0
 
 
-def test_step_schedule_decays_lr_of_both_groups():
-    module = SSSModule(tiny_net(), schedule="step", milestones=[1], lr_decay=0.1, gate_lr=0.05)
+def test_step_schedule_decays_lr_of_both_groups(tiny_model, fit):
+    module = SSSModule(tiny_model(depth=8, num_classes=4), schedule="step", milestones=[1], lr_decay=0.1, gate_lr=0.05)
     trainer = fit(module, steps=16)  # 8 batches per epoch: two epochs, one milestone
     lrs = [g["lr"] for g in trainer.optimizers[0].param_groups]
     assert lrs == pytest.approx([0.01, 0.005])
 
 
-def test_cosine_schedule_anneals_to_zero_over_the_run():
-    module = SSSModule(tiny_net(), schedule="cosine")
+def test_cosine_schedule_anneals_to_zero_over_the_run(tiny_model, fit):
+    module = SSSModule(tiny_model(depth=8, num_classes=4), schedule="cosine")
     trainer = fit(module, steps=10)
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
-def test_logs_loss_accuracy_and_sparsity():
-    module = SSSModule(tiny_net(), gamma=0.5)
+def test_logs_loss_accuracy_and_sparsity(tiny_model, fit):
+    module = SSSModule(tiny_model(depth=8, num_classes=4), gamma=0.5)
     trainer = fit(module, steps=8)
     for key in (
         "train/loss",
@@ -89,9 +91,9 @@ def test_logs_loss_accuracy_and_sparsity():
         assert key in trainer.callback_metrics, key
 
 
-def test_network_without_gates_is_refused():
+def test_network_without_gates_is_refused(tiny_model):
     with pytest.raises(ValueError, match="has no gates, so SSS has nothing to select"):
-        SSSModule(tiny_net(gates="none"))
+        SSSModule(tiny_model(depth=8, num_classes=4, gates="none"))
 
 
 def test_missing_network_says_how_to_provide_one():
@@ -111,9 +113,9 @@ def test_missing_network_says_how_to_provide_one():
         ({"schedule": "step", "milestones": [5, 2]}, "milestones must be a non-empty increasing"),
     ],
 )
-def test_bad_hyperparameters_fail_at_construction(kwargs, message):
+def test_bad_hyperparameters_fail_at_construction(kwargs, message, tiny_model):
     with pytest.raises(ValueError, match=message):
-        SSSModule(tiny_net(), **kwargs)
+        SSSModule(tiny_model(depth=8, num_classes=4), **kwargs)
 
 
 class TinyMLP(SSSModule):
@@ -123,15 +125,15 @@ class TinyMLP(SSSModule):
         return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 32), nn.ReLU(), ChannelGate(32), nn.Linear(32, 4))
 
 
-def test_subclass_with_build_network_trains_and_infers_num_classes():
+def test_subclass_with_build_network_trains_and_infers_num_classes(fit):
     module = TinyMLP(gamma=0.3)
     assert module.val_acc.num_classes == 4
     fit(module, steps=20)
     assert (module.net[3].scale == 0).any()
 
 
-def test_sss_classifier_rebuilds_from_checkpoint(tmp_path):
-    module = SSSClassifier(arch="resnet20", num_classes=4, in_channels=3, gates="block", arch_kwargs={"width": 4})
+def test_sss_classifier_rebuilds_from_checkpoint(tmp_path, tiny_classifier, quiet_trainer, tiny_data):
+    module = tiny_classifier(in_channels=3, gates="block")
     trainer = quiet_trainer(tmp_path, max_steps=2)
     trainer.fit(module, datamodule=tiny_data(train_size=32))
     path = tmp_path / "m.ckpt"
@@ -142,11 +144,10 @@ def test_sss_classifier_rebuilds_from_checkpoint(tmp_path):
     assert torch.equal(loaded.eval()(x), module.eval()(x))
 
 
-def test_cost_weighted_gamma_is_proportional_to_the_macs_a_structure_costs():
+def test_cost_weighted_gamma_is_proportional_to_the_macs_a_structure_costs(tiny_model):
     from sss_lightning.flops import structure_costs
-    from sss_lightning.models import build_model
 
-    net = build_model("vgg11", num_classes=4, width_mult=0.125)
+    net = tiny_model("vgg11", num_classes=4)
     module = SSSModule(net, gamma=0.01, cost_weighted=True, input_size=[3, 32, 32])
     groups = {g["name"]: g for g in module.param_groups()}
     costs = structure_costs(net, (3, 32, 32))
@@ -162,10 +163,12 @@ def test_cost_weighted_gamma_is_proportional_to_the_macs_a_structure_costs():
     assert total == pytest.approx(0.01)
 
 
-def test_cost_weighted_training_runs_and_needs_an_input_size():
+def test_cost_weighted_training_runs_and_needs_an_input_size(tiny_model, fit):
     with pytest.raises(ValueError, match=r"cost_weighted=True .* pass input_size=\[C, H, W\]"):
-        SSSModule(tiny_net(), cost_weighted=True)
-    module = SSSModule(tiny_net(), gamma=0.5, cost_weighted=True, input_size=[3, 8, 8], schedule="constant")
+        SSSModule(tiny_model(depth=8, num_classes=4), cost_weighted=True)
+    module = SSSModule(
+        tiny_model(depth=8, num_classes=4), gamma=0.5, cost_weighted=True, input_size=[3, 8, 8], schedule="constant"
+    )
     fit(module, steps=10)
     assert sparsity(module.net)["overall"] > 0
 
@@ -178,8 +181,12 @@ class _GateSnapshots(__import__("lightning").Callback):
         self.gates.append(torch.cat([p.detach().flatten().clone() for p in gate_parameters(pl_module.net)]))
 
 
-def test_settle_at_fixes_the_structure_after_that_fraction_of_the_steps_and_the_weights_go_on():
-    module = SSSModule(tiny_net(gates="both"), gamma=1.2, settle_at=0.5, gate_rescale=True, zero_hold=2)
+def test_settle_at_fixes_the_structure_after_that_fraction_of_the_steps_and_the_weights_go_on(
+    tiny_model, quiet_trainer, tiny_data
+):
+    module = SSSModule(
+        tiny_model(depth=8, num_classes=4, gates="both"), gamma=1.2, settle_at=0.5, gate_rescale=True, zero_hold=2
+    )
     snaps = _GateSnapshots()
     trainer = quiet_trainer(max_epochs=2, callbacks=[snaps], limit_val_batches=0)
     trainer.fit(module, datamodule=tiny_data())  # 4 steps an epoch
@@ -192,6 +199,6 @@ def test_settle_at_fixes_the_structure_after_that_fraction_of_the_steps_and_the_
 
 
 @pytest.mark.parametrize("bad", [0, 1.5, -0.2, True, "half"])
-def test_settle_at_must_be_a_fraction(bad):
+def test_settle_at_must_be_a_fraction(bad, tiny_model):
     with pytest.raises(ValueError, match="settle_at must be a fraction of the training steps in"):
-        SSSModule(tiny_net(), settle_at=bad)
+        SSSModule(tiny_model(depth=8, num_classes=4), settle_at=bad)

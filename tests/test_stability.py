@@ -7,9 +7,7 @@ from torch import nn
 
 from sss_lightning.callbacks import GateMonitor
 from sss_lightning.gates import ChannelGate
-from sss_lightning.module import SSSClassifier
 from sss_lightning.stability import ZeroSetTracker
-from tests.helpers import quiet_trainer, tiny_data
 
 
 def _gated(values: list[float]) -> nn.Sequential:
@@ -68,8 +66,8 @@ def test_a_shrink_the_tracker_cannot_map_is_an_error_that_says_why():
         tracker.update(net, 1)
 
 
-def test_gate_monitor_logs_churn_and_the_stable_zero_fraction(tmp_path):
-    module = SSSClassifier(arch="resnet20", num_classes=4, arch_kwargs={"width": 4}, gamma=0.5, gate_rescale=True)
+def test_gate_monitor_logs_churn_and_the_stable_zero_fraction(tmp_path, tiny_classifier, quiet_trainer, tiny_data):
+    module = tiny_classifier(gamma=0.5, gate_rescale=True)
     monitor = GateMonitor(log_every_n_steps=2, plots=True, dirpath=str(tmp_path / "plots"))
     quiet_trainer(tmp_path, [monitor], max_epochs=3, limit_val_batches=0).fit(module, datamodule=tiny_data())
     assert [c["epoch"] for c in monitor.churn] == [0.0, 1.0, 2.0]

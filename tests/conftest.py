@@ -18,19 +18,21 @@ import pickle
 import struct
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from sss_lightning import SSSClassifier
-from sss_lightning.data import SyntheticDataModule
-from sss_lightning.gates import iter_gates
-from sss_lightning.models import CifarResNet, build_model, default_input_size
-from sss_lightning.surgery import prune
+# Lightning (which sss_lightning imports) is imported in the helpers, not here: imported while pytest loads
+# this file, before its logging plugin has given the root logger a handler, Lightning would stop its logger
+# propagating to the root, and caplog would see nothing Lightning or our callbacks log.
+if TYPE_CHECKING:
+    import lightning as L
+
+    from sss_lightning import SSSClassifier
+    from sss_lightning.data import SyntheticDataModule
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -67,6 +69,8 @@ def repo() -> Path:
 def tiny_arch_kwargs(arch: str) -> dict[str, Any]:
     """The small sizes the tests build a registry family at: CIFAR ResNets of width 4, VGG at 1/8 width,
     ResNeXt-29 with base width 2, stem 8 and output width 16; other families (ImageNet) as they are."""
+    from sss_lightning.models import default_input_size
+
     if arch.startswith("vgg"):
         return {"width_mult": 0.125}
     if arch.startswith("resnext29"):
@@ -81,6 +85,8 @@ def tiny_model(arch: str = "resnet20", *, depth: int | None = None, **kwargs: An
     by ``build_model`` (so it carries its construction record); or, with ``depth``, a ``CifarResNet`` of
     that depth and width 4 built from the class (no record). ``kwargs`` override any of it; whatever they
     leave out is the builder's default (10 classes, 3 input channels, block and channel gates)."""
+    from sss_lightning.models import CifarResNet, build_model
+
     if depth is not None:
         return CifarResNet(depth=depth, **{"width": 4, **kwargs})
     return build_model(arch, **{**tiny_arch_kwargs(arch), **kwargs})
@@ -89,6 +95,8 @@ def tiny_model(arch: str = "resnet20", *, depth: int | None = None, **kwargs: An
 def tiny_classifier(**kwargs: Any) -> SSSClassifier:
     """An SSSClassifier over a tiny ResNet-20 (both kinds of gates, width 4) for tiny_data's 4 classes;
     ``kwargs`` override any of it (another ``arch`` gets that family's tiny ``arch_kwargs``)."""
+    from sss_lightning import SSSClassifier
+
     arch = kwargs.get("arch", "resnet20")
     settings = {"arch": arch, "num_classes": 4, "gates": "both", "arch_kwargs": tiny_arch_kwargs(arch)}
     return SSSClassifier(**{**settings, **kwargs})
@@ -96,6 +104,8 @@ def tiny_classifier(**kwargs: Any) -> SSSClassifier:
 
 def quiet_trainer(root: Any = None, callbacks: Iterable[L.Callback] = (), **kwargs: Any) -> L.Trainer:
     """A Trainer without logger, progress bar, model summary or checkpoints unless ``kwargs`` asks for them."""
+    import lightning as L
+
     settings: dict[str, Any] = {
         "logger": False,
         "enable_progress_bar": False,
@@ -110,6 +120,8 @@ def quiet_trainer(root: Any = None, callbacks: Iterable[L.Callback] = (), **kwar
 
 def tiny_data(**kwargs: Any) -> SyntheticDataModule:
     """4 classes of 8x8 RGB images, 64 for training in batches of 16 (override any of it)."""
+    from sss_lightning.data import SyntheticDataModule
+
     return SyntheticDataModule(**{"num_classes": 4, "image_size": 8, "train_size": 64, "batch_size": 16, **kwargs})
 
 
@@ -132,6 +144,8 @@ def randomize_bn(model: nn.Module, gen: torch.Generator) -> None:
 
 def set_gates(model: nn.Module, pattern: str, gen: torch.Generator, p_zero: float = 0.5) -> None:
     """Every gate at one ("ones"), at zero ("zeros"), or random in [0, 2) with a ``p_zero`` chance of zero."""
+    from sss_lightning.gates import iter_gates
+
     with torch.no_grad():
         for info in iter_gates(model):
             s = info.module.scale
@@ -157,6 +171,8 @@ def assert_same_outputs(gated: nn.Module, pruned: nn.Module, x: torch.Tensor) ->
 def pruned_resnet(seed: int = 0) -> tuple[nn.Module, nn.Module]:
     """(gated, pruned), both in eval mode: a 1-channel, 3-class tiny ResNet-20 with random BN statistics,
     random gates, one branch reduced to a constant and one branch removed, and the network pruned from it."""
+    from sss_lightning.surgery import prune
+
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = tiny_model("resnet20", in_channels=1, num_classes=3, gates="both")
@@ -171,6 +187,8 @@ def pruned_resnet(seed: int = 0) -> tuple[nn.Module, nn.Module]:
 @functools.cache
 def registry_model(name: str) -> nn.Module:
     """Registry model ``name`` at full size with 5 classes, built once per session: deep-copy it to change it."""
+    from sss_lightning.models import build_model
+
     return build_model(name, num_classes=5)
 
 

@@ -12,12 +12,20 @@ from sss_lightning.flops import MacEstimator, count_flops
 from sss_lightning.gates import BlockGate, ChannelGate, GroupGate, iter_gates, random_gate_pattern
 from sss_lightning.models import ResNeXt, build_model, default_input_size, list_models
 
+# over ~10 s each (pytest --durations): the deepest and widest CIFAR models
+SLOW_FORWARD = {"resnext29_16x64d"}
+SLOW_MACS = {"resnet110", "resnet164", "resnext29_16x64d"}
+
+
+def models(slow: set[str]) -> list:
+    return [pytest.param(n, marks=pytest.mark.slow) if n in slow else n for n in list_models()]
+
 
 def small_size(name: str) -> int:
     return 16 if default_input_size(name)[1] <= 32 else 32
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", models(SLOW_FORWARD))
 def test_forward_backward_reaches_every_gate(registry_model, name):
     model = copy.deepcopy(registry_model(name)).train()
     size = small_size(name)
@@ -25,7 +33,7 @@ def test_forward_backward_reaches_every_gate(registry_model, name):
     assert list(iter_gates(model)) and all(info.module.scale.grad is not None for info in iter_gates(model))
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", models(SLOW_MACS))
 def test_mac_estimate_of_a_random_half_pattern_equals_fvcore(registry_model, name):
     model = copy.deepcopy(registry_model(name))
     random_gate_pattern(model, 0.5, seed=1)
@@ -94,7 +102,12 @@ def test_add_gates_on_our_own_plain_blocks(tiny_model):
     [
         (lambda: torchvision.models.resnext50_32x4d(), ["channel"], r"layer1.0 \(Bottleneck\): channel gates cannot"),
         (lambda: torchvision.models.resnet18(), ["group"], r"layer1.0 \(BasicBlock\): 'group' needs a grouped conv"),
-        (lambda: torchvision.models.vgg11(), ["channel"], "add_gates found no block it knows in VGG"),
+        pytest.param(  # builds VGG-11's 133M parameters: over 10 s
+            lambda: torchvision.models.vgg11(),
+            ["channel"],
+            "add_gates found no block it knows in VGG",
+            marks=pytest.mark.slow,
+        ),
         (lambda: torchvision.models.resnet18(), ["neuron"], "kinds must be a non-empty subset"),
     ],
 )

@@ -22,13 +22,12 @@ from hypothesis import strategies as st
 
 from sss_lightning.io import PrunedFileError, load_pruned, save_pruned
 from sss_lightning.models.registry import build_from_record
-from tests.test_io import pruned_resnet
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @pytest.fixture(scope="module")
-def good(tmp_path_factory) -> tuple[Path, bytes, dict[str, Any]]:
+def good(tmp_path_factory, pruned_resnet) -> tuple[Path, bytes, dict[str, Any]]:
     """A real pruned file, its bytes and its payload (weights_only)."""
     _, pruned = pruned_resnet()
     path = save_pruned(pruned, tmp_path_factory.mktemp("good") / "model.pt", metadata={"val/acc": 0.5})

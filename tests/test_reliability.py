@@ -1,5 +1,7 @@
 """Faults a pruning run must survive or report clearly, before any work is lost."""
 
+import functools
+
 import lightning as L
 import pytest
 import torch
@@ -7,22 +9,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from sss_lightning import SSSClassifier, SSSModule, load_pruned
 from sss_lightning.callbacks import PruningSnapshot, StructuralSurgery
-from sss_lightning.data import FashionMNISTDataModule, SyntheticDataModule
+from sss_lightning.data import FashionMNISTDataModule
 from sss_lightning.gates import gate_parameters
 from sss_lightning.optim import APG
 
 
-def tiny(**kwargs) -> SSSClassifier:
-    return SSSClassifier(arch="resnet20", num_classes=4, gates="both", arch_kwargs={"width": 4}, **kwargs)
-
-
-def data(**kwargs) -> SyntheticDataModule:
-    return SyntheticDataModule(num_classes=4, image_size=8, train_size=64, batch_size=16, **kwargs)
-
-
-def trainer(tmp_path, callbacks=(), **kwargs) -> L.Trainer:
-    base = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
-    return L.Trainer(callbacks=list(callbacks), **{**base, **kwargs})
+@pytest.fixture(scope="session")
+def trainer(quiet_trainer):
+    """trainer(root, callbacks=(), **kwargs): a quiet trainer that keeps Lightning's default checkpointing."""
+    return functools.partial(quiet_trainer, enable_checkpointing=True)
 
 
 class Poison(L.Callback):
@@ -45,11 +40,13 @@ class Poison(L.Callback):
 @pytest.mark.parametrize(
     "target, message", [("loss", "training diverged: the loss is nan"), ("gate", "a gate became non-finite")]
 )
-def test_nan_stops_the_run_before_snapshots_or_surgery_write_and_keeps_the_last_checkpoint(tmp_path, target, message):
+def test_nan_stops_the_run_before_snapshots_or_surgery_write_and_keeps_the_last_checkpoint(
+    tmp_path, target, message, tiny_classifier, tiny_data, trainer
+):
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_last=True)
     callbacks = [Poison(6, target), PruningSnapshot(), StructuralSurgery(), ckpt]
     with pytest.raises(FloatingPointError, match=message):
-        trainer(tmp_path, callbacks, max_epochs=3).fit(tiny(gamma=0.3), datamodule=data())
+        trainer(tmp_path, callbacks, max_epochs=3).fit(tiny_classifier(gamma=0.3), datamodule=tiny_data())
     assert not (tmp_path / "pruned.pt").exists()
     # only the snapshot of the healthy first epoch (4 steps) exists, and it is finite
     assert sorted(p.name for p in (tmp_path / "snapshots").glob("*.pt")) == ["snapshot-epoch001.pt"]
@@ -60,15 +57,15 @@ def test_nan_stops_the_run_before_snapshots_or_surgery_write_and_keeps_the_last_
     assert all(torch.isfinite(p).all() for p in good.parameters())
 
 
-def test_accumulate_larger_than_an_epoch_is_refused_before_training(tmp_path):
-    module = tiny()
+def test_accumulate_larger_than_an_epoch_is_refused_before_training(tmp_path, tiny_classifier, tiny_data, trainer):
+    module = tiny_classifier()
     before = [p.detach().clone() for p in module.parameters()]
     with pytest.raises(ValueError, match=r"accumulate_grad_batches=8 is larger than an epoch \(4 batches\)"):
-        trainer(tmp_path, max_epochs=1, accumulate_grad_batches=8).fit(module, datamodule=data())
+        trainer(tmp_path, max_epochs=1, accumulate_grad_batches=8).fit(module, datamodule=tiny_data())
     assert all(torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
 
 
-def test_gradient_accumulation_steps_gates_once_per_accumulated_batch(tmp_path):
+def test_gradient_accumulation_steps_gates_once_per_accumulated_batch(tmp_path, tiny_classifier, tiny_data, trainer):
     seen: list[torch.Tensor] = []
 
     class Record(L.Callback):
@@ -76,16 +73,16 @@ def test_gradient_accumulation_steps_gates_once_per_accumulated_batch(tmp_path):
             seen.append(torch.cat([p.detach().flatten() for p in gate_parameters(pl_module.net)]).clone())
 
     # pinned zeros (zero_hold) and a settled structure (settle_at) would look like skipped steps
-    module = tiny(gamma=0.3, schedule="cosine", zero_hold=0, settle_at=None)
+    module = tiny_classifier(gamma=0.3, schedule="cosine", zero_hold=0, settle_at=None)
     t = trainer(tmp_path, [Record()], max_epochs=2, accumulate_grad_batches=2)
-    t.fit(module, datamodule=data())
+    t.fit(module, datamodule=tiny_data())
     assert t.global_step == 4  # 8 batches, one optimizer step per 2
     changed = [not torch.equal(a, b) for a, b in zip(seen, seen[1:], strict=False)]
     assert changed == [True, False, True, False, True, False, True]
     assert t.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine over 4 steps
 
 
-def test_bf16_mixed_precision_trains_through_the_closure(tmp_path, monkeypatch):
+def test_bf16_mixed_precision_trains_through_the_closure(tmp_path, monkeypatch, tiny_classifier, tiny_data, trainer):
     calls = []
     original = APG.step
 
@@ -94,8 +91,8 @@ def test_bf16_mixed_precision_trains_through_the_closure(tmp_path, monkeypatch):
         return original(self, closure)
 
     monkeypatch.setattr(APG, "step", spy)
-    module = tiny(gamma=0.3)
-    trainer(tmp_path, max_steps=4, precision="bf16-mixed").fit(module, datamodule=data())
+    module = tiny_classifier(gamma=0.3)
+    trainer(tmp_path, max_steps=4, precision="bf16-mixed").fit(module, datamodule=tiny_data())
     assert calls == [True] * 4
     assert all(torch.isfinite(p).all() for p in module.parameters())
 
@@ -132,11 +129,10 @@ def test_fashion_mnist_files_of_the_wrong_format_are_named(tmp_path):
         dm.setup("fit")
 
 
-def test_pruned_model_equals_gated_even_when_a_stage_loses_every_block(tmp_path):
+def test_pruned_model_equals_gated_even_when_a_stage_loses_every_block(tmp_path, tiny_classifier, assert_same_outputs):
     from sss_lightning import prune
-    from tests.test_surgery import assert_same_outputs
 
-    module = tiny()
+    module = tiny_classifier()
     with torch.no_grad():
         for block in module.net.layer2:
             block.gate.scale.zero_()  # a whole stage of residual branches
@@ -145,47 +141,44 @@ def test_pruned_model_equals_gated_even_when_a_stage_loses_every_block(tmp_path)
     assert_same_outputs(module.net, pruned, torch.randn(2, 3, 8, 8))
 
 
-def test_module_built_with_net_cannot_be_rebuilt_by_the_prune_command(tmp_path, capsys):
+def test_module_built_with_net_cannot_be_rebuilt_by_the_prune_command(tmp_path, capsys, tiny_data, trainer, tiny_model):
     from sss_lightning.cli import main
-    from sss_lightning.models import build_model
 
-    module = SSSModule(net=build_model("resnet20", width=4, num_classes=4), gamma=0.3)
+    module = SSSModule(net=tiny_model("resnet20", num_classes=4), gamma=0.3)
     t = trainer(tmp_path, max_steps=1)
-    t.fit(module, datamodule=data())
+    t.fit(module, datamodule=tiny_data())
     t.save_checkpoint(tmp_path / "m.ckpt")
     with pytest.raises(SystemExit):
         main(["prune", "--ckpt", str(tmp_path / "m.ckpt")])
     assert "cannot rebuild sss_lightning.module.SSSModule" in capsys.readouterr().err
 
 
-def test_snapshot_files_reload(tmp_path):
-    trainer(tmp_path, [PruningSnapshot()], max_epochs=1).fit(tiny(gamma=0.3), datamodule=data())
+def test_snapshot_files_reload(tmp_path, tiny_classifier, tiny_data, trainer):
+    trainer(tmp_path, [PruningSnapshot()], max_epochs=1).fit(tiny_classifier(gamma=0.3), datamodule=tiny_data())
     assert load_pruned(tmp_path / "snapshots" / "snapshot-epoch001.pt").sss_metadata["epoch"] == 1
 
 
 # --- prune() of a network without gates ------------------------------------------------------------
 
 
-def test_prune_of_a_network_without_gates_is_an_error_that_says_what_to_do():
+def test_prune_of_a_network_without_gates_is_an_error_that_says_what_to_do(tiny_model):
     """Not a silent copy: a user pruning the wrong network gets told."""
     from sss_lightning import prune
-    from sss_lightning.models import build_model
     from sss_lightning.surgery import SurgeryError
 
     plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1))
     with pytest.raises(SurgeryError, match=r"Sequential has no gates .* nothing to prune.*add_gates"):
         prune(plain)
     with pytest.raises(SurgeryError, match=r"CifarResNet has no gates"):
-        prune(build_model("resnet20", width=4, num_classes=4, gates="none"))
+        prune(tiny_model("resnet20", num_classes=4, gates="none"))
 
 
-def test_prune_of_a_pruned_network_is_a_copy(tmp_path):
+def test_prune_of_a_pruned_network_is_a_copy(tmp_path, tiny_classifier, assert_same_outputs):
     """Pruning stays idempotent on its own output and on loaded pruned files (the callbacks that run
     during fine-tuning after surgery prune the already-pruned network)."""
     from sss_lightning import prune, save_pruned
-    from tests.test_surgery import assert_same_outputs
 
-    module = tiny()
+    module = tiny_classifier()
     with torch.no_grad():
         module.net.layer1[0].gate.scale.zero_()
     once = prune(module.net).eval()
@@ -205,13 +198,17 @@ class ZeroOneBlock(L.Callback):
                 pl_module.net.layer1[0].gate.scale.zero_()
 
 
-def test_monitor_and_snapshots_keep_working_while_fine_tuning_the_pruned_network(tmp_path):
+def test_monitor_and_snapshots_keep_working_while_fine_tuning_the_pruned_network(
+    tmp_path, tiny_classifier, tiny_data, trainer
+):
     from sss_lightning.callbacks import GateMonitor
 
     surgery = StructuralSurgery(finetune_epochs=1, evaluate=False)
     monitor = GateMonitor(log_every_n_steps=1, plots=False)
     callbacks = [ZeroOneBlock(), monitor, PruningSnapshot(every_n_epochs=1), surgery]
-    trainer(tmp_path, callbacks, max_epochs=2, limit_val_batches=1).fit(tiny(gamma=0.5), datamodule=data())
+    trainer(tmp_path, callbacks, max_epochs=2, limit_val_batches=1).fit(
+        tiny_classifier(gamma=0.5), datamodule=tiny_data()
+    )
     assert surgery.done and surgery.report["macs_reduction"] > 0
     assert monitor.history[-1]["epoch"] == 1  # recorded on the pruned network too
     assert sorted(p.name for p in (tmp_path / "snapshots").glob("*.pt")) == [
@@ -241,11 +238,11 @@ class CountingSurgery(StructuralSurgery):
 
 @pytest.mark.filterwarnings("ignore:StructuralSurgery. no gate reached exactly zero")
 @pytest.mark.parametrize("limit, expected", [(2, 2), (0.25, 2), (1.0, 8)])
-def test_surgery_evaluation_honours_limit_val_batches(tmp_path, limit, expected):
+def test_surgery_evaluation_honours_limit_val_batches(tmp_path, limit, expected, tiny_classifier, tiny_data, trainer):
     """The pruned network is evaluated on no more validation batches than limit_val_batches allows."""
     surgery = CountingSurgery()
     t = trainer(tmp_path, [surgery], max_steps=1, limit_val_batches=limit, num_sanity_val_steps=0)
-    t.fit(tiny(gamma=0.3), datamodule=data(val_size=128))  # 8 validation batches of 16
+    t.fit(tiny_classifier(gamma=0.3), datamodule=tiny_data(val_size=128))  # 8 validation batches of 16
     assert surgery.batches == expected
     assert 0.0 <= surgery.report["val_acc"] <= 1.0
 
@@ -284,7 +281,9 @@ def test_a_failed_export_leaves_no_file_and_no_temporary(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:StructuralSurgery. no gate reached exactly zero")
-def test_surgery_without_dirpath_writes_into_the_run_folder_not_the_current_directory(tmp_path, monkeypatch):
+def test_surgery_without_dirpath_writes_into_the_run_folder_not_the_current_directory(
+    tmp_path, monkeypatch, tiny_classifier, tiny_data, trainer
+):
     """With a logger: the logger's run folder (where ModelCheckpoint puts checkpoints/); without one, the
     trainer's default_root_dir; never the directory the process happens to run in."""
     from lightning.pytorch.loggers import CSVLogger
@@ -295,10 +294,12 @@ def test_surgery_without_dirpath_writes_into_the_run_folder_not_the_current_dire
     logger = CSVLogger(save_dir=tmp_path / "logs", name="run")
     t = L.Trainer(logger=logger, callbacks=[StructuralSurgery()], max_steps=1, enable_progress_bar=False,
                   enable_model_summary=False, enable_checkpointing=False, limit_val_batches=1)  # fmt: skip
-    t.fit(tiny(gamma=0.3), datamodule=data())
+    t.fit(tiny_classifier(gamma=0.3), datamodule=tiny_data())
     assert (tmp_path / "logs" / "run" / "version_0" / "pruned.pt").is_file()
     assert not (cwd / "pruned.pt").exists()
     root = tmp_path / "root"
-    trainer(root, [StructuralSurgery()], max_steps=1, limit_val_batches=1).fit(tiny(gamma=0.3), datamodule=data())
+    trainer(root, [StructuralSurgery()], max_steps=1, limit_val_batches=1).fit(
+        tiny_classifier(gamma=0.3), datamodule=tiny_data()
+    )
     assert (root / "pruned.pt").is_file()
     assert not (cwd / "pruned.pt").exists()

@@ -32,6 +32,7 @@ def test_channel_gates_in_front_of_a_conv_and_bn_are_scale_invariant_as_a_layer(
     torch.testing.assert_close(nn.functional.cross_entropy(net(x), y), loss.detach(), rtol=1e-3, atol=0)
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None)
 @given(
     arch=st.sampled_from(["resnet20", "resnext29_8x64d", "vgg11"]),

@@ -17,6 +17,7 @@ from sss_lightning.surgery import SurgeryError, prune
 GATES = {"resnet20": "both", "resnet56": "channel", "resnext29_8x64d": "both", "vgg11": "channel"}  # tiny_model's sizes
 
 
+@pytest.mark.slow
 @settings(max_examples=12, deadline=None)
 @given(name=st.sampled_from(sorted(GATES)), p_zero=st.sampled_from([0.0, 0.3, 0.7, 1.0]), seed=st.integers(0, 99))
 def test_sliced_network_is_an_exact_slice_with_equal_outputs_in_train_and_eval(name, p_zero, seed, tiny_model):

@@ -66,6 +66,7 @@ def test_a_shrink_the_tracker_cannot_map_is_an_error_that_says_why():
         tracker.update(net, 1)
 
 
+@pytest.mark.slow
 def test_gate_monitor_logs_churn_and_the_stable_zero_fraction(tmp_path, tiny_classifier, quiet_trainer, tiny_data):
     module = tiny_classifier(gamma=0.5, gate_rescale=True)
     monitor = GateMonitor(log_every_n_steps=2, plots=True, dirpath=str(tmp_path / "plots"))

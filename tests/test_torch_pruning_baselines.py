@@ -14,7 +14,6 @@ pytest.importorskip("torch_pruning")
 from benchmarks.torch_pruning_baselines import DEFAULT_REG, PlainClassifier, TorchPruningBaseline  # noqa: E402
 from sss_lightning.flops import count_flops  # noqa: E402
 from sss_lightning.models import build_model  # noqa: E402
-from tests.helpers import quiet_trainer, tiny_data  # noqa: E402
 
 SIZE = (3, 8, 8)  # tiny_data: 4 classes of 8x8 RGB images, 4 batches of 16 per epoch
 METHODS = ("slimming", "depgraph")
@@ -25,10 +24,16 @@ def _module(seed: int = 0) -> PlainClassifier:
     return PlainClassifier(num_classes=4, in_channels=3, arch_kwargs={"width": 4})
 
 
-def _fit(module: L.LightningModule, callbacks: list[Callback], epochs: int, **kwargs) -> L.Trainer:
-    trainer = quiet_trainer(callbacks=callbacks, max_epochs=epochs, num_sanity_val_steps=0, **kwargs)
-    trainer.fit(module, datamodule=tiny_data())
-    return trainer
+@pytest.fixture(scope="session")
+def fit(quiet_trainer, tiny_data):
+    """fit(module, callbacks, epochs, **trainer_kwargs): the trainer of a fit on tiny_data."""
+
+    def fit(module: L.LightningModule, callbacks: list[Callback], epochs: int, **kwargs) -> L.Trainer:
+        trainer = quiet_trainer(callbacks=callbacks, max_epochs=epochs, num_sanity_val_steps=0, **kwargs)
+        trainer.fit(module, datamodule=tiny_data())
+        return trainer
+
+    return fit
 
 
 class Recorder(Callback):
@@ -80,14 +85,15 @@ def test_plain_resnet20_starts_from_the_same_weights_as_the_gated_one(gates):
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
-def test_fit_prunes_to_the_macs_target_and_fine_tunes_on_the_unpruned_lr_curve(method):
+def test_fit_prunes_to_the_macs_target_and_fine_tunes_on_the_unpruned_lr_curve(method, fit):
     module = _module()
     full = count_flops(module.net, SIZE).macs
     before, after = Recorder(), Recorder()
     baseline = TorchPruningBaseline(method, target_macs=0.5, prune_at_epoch=1, input_size=SIZE)
     assert baseline.reg == DEFAULT_REG[method]
-    trainer = _fit(module, [before, baseline, after], epochs=2)
+    trainer = fit(module, [before, baseline, after], epochs=2)
 
     report = baseline.report
     assert set(report) >= {"macs_before", "macs_after", "macs_ratio", "params_after", "pruning_ratio"}
@@ -104,7 +110,7 @@ def test_fit_prunes_to_the_macs_target_and_fine_tunes_on_the_unpruned_lr_curve(m
 
     # the same LR at every step as an unpruned run of the same length
     reference = Recorder()
-    _fit(_module(), [reference], epochs=2)
+    fit(_module(), [reference], epochs=2)
     assert after.lrs == pytest.approx(reference.lrs, rel=1e-12, abs=0.0)
     assert len(set(after.lrs)) == 8  # cosine, stepped every step
     assert torch.equal(before.rng_states[0], after.rng_states[0])  # pruning draws no random numbers: same data order
@@ -130,32 +136,37 @@ def _sparsity_measure(method: str, net: nn.Module) -> float:
     return sum(float(m.weight.detach().pow(2).sum()) for m in net.modules() if isinstance(m, kinds))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
-def test_the_regulariser_shrinks_what_the_method_prunes_by(method):
+def test_the_regulariser_shrinks_what_the_method_prunes_by(method, fit, tiny_model):
     measured = {}
     for reg in (0.0, 0.05):
         module, probe = _module(), Recorder()
         baseline = TorchPruningBaseline(method, target_macs=0.6, prune_at_epoch=1, input_size=SIZE, reg=reg)
-        _fit(module, [probe, baseline], epochs=1)  # the probe reads the weights just before pruning
+        fit(module, [probe, baseline], epochs=1)  # the probe reads the weights just before pruning
         state = probe.epoch_ends[0]["weights"]
-        net = build_model("resnet20", gates="none", num_classes=4, in_channels=3, width=4)
+        net = tiny_model("resnet20", gates="none", num_classes=4, in_channels=3)
         net.load_state_dict(state, strict=False)  # the parameters: what the regulariser acts on
         measured[reg] = _sparsity_measure(method, net)
     assert measured[0.05] < measured[0.0] * 0.995  # same data, same init: only the regulariser differs
 
 
-def test_a_target_that_torch_pruning_cannot_reach_is_an_error_saying_what_it_can():
+@pytest.mark.slow
+def test_a_target_that_torch_pruning_cannot_reach_is_an_error_saying_what_it_can(fit):
     with pytest.raises(ValueError, match=r"within tolerance=1e-06.*closest MACs fractions are"):
-        _fit(_module(), [TorchPruningBaseline("slimming", 0.5, 1, SIZE, tolerance=1e-6)], epochs=1)
+        fit(_module(), [TorchPruningBaseline("slimming", 0.5, 1, SIZE, tolerance=1e-6)], epochs=1)
     with pytest.raises(ValueError, match=r"cannot bring CifarResNet down to target_macs=0.001"):
-        _fit(_module(), [TorchPruningBaseline("depgraph", 0.001, 1, SIZE)], epochs=1)
+        fit(_module(), [TorchPruningBaseline("depgraph", 0.001, 1, SIZE)], epochs=1)
 
 
-def test_pruned_checkpoint_resumes_without_pruning_again_and_loads_with_its_shape(tmp_path):
+@pytest.mark.slow
+def test_pruned_checkpoint_resumes_without_pruning_again_and_loads_with_its_shape(
+    tmp_path, fit, quiet_trainer, tiny_data
+):
     module = _module()
     baseline = TorchPruningBaseline("depgraph", target_macs=0.5, prune_at_epoch=1, input_size=SIZE)
     every_epoch = ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", save_top_k=-1)
-    trainer = _fit(module, [baseline, every_epoch], epochs=3, enable_checkpointing=True)
+    trainer = fit(module, [baseline, every_epoch], epochs=3, enable_checkpointing=True)
     final = tmp_path / "final.ckpt"
     trainer.save_checkpoint(final)
 
@@ -215,9 +226,9 @@ def test_bad_plain_classifier_arguments_name_the_value(kwargs, message):
         PlainClassifier(**kwargs)
 
 
-def test_a_pruning_epoch_after_the_last_epoch_or_a_module_without_net_is_refused_before_training():
+def test_a_pruning_epoch_after_the_last_epoch_or_a_module_without_net_is_refused_before_training(fit):
     with pytest.raises(ValueError, match=r"prune_at_epoch=3 is after the last epoch \(max_epochs=2\)"):
-        _fit(_module(), [TorchPruningBaseline("slimming", 0.5, 3, SIZE)], epochs=2)
+        fit(_module(), [TorchPruningBaseline("slimming", 0.5, 3, SIZE)], epochs=2)
 
     class NoNet(L.LightningModule):
         def __init__(self) -> None:
@@ -231,4 +242,4 @@ def test_a_pruning_epoch_after_the_last_epoch_or_a_module_without_net_is_refused
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
     with pytest.raises(TypeError, match="has no nn.Module attribute 'net'"):
-        _fit(NoNet(), [TorchPruningBaseline("slimming", 0.5, 1, SIZE)], epochs=1)
+        fit(NoNet(), [TorchPruningBaseline("slimming", 0.5, 1, SIZE)], epochs=1)

@@ -1,15 +1,20 @@
 import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 
 from sss_lightning.cli import main
-from tests.conftest import REPO
-from tests.helpers import quiet_trainer, tiny_data
 
-EXPERIMENTS = REPO / "experiments"
+
+@pytest.fixture(scope="session")
+def experiments(repo):
+    """The checkout's experiments/ folder of YAML configs."""
+    return repo / "experiments"
 
 
 @pytest.fixture(autouse=True)
@@ -18,13 +23,14 @@ def _plain_argv(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["sss-lightning"])
 
 
-def test_fashion_mnist_quick_config_fits_with_fast_dev_run(tmp_path, monkeypatch, fashion_gz_dir, capsys):
+@pytest.mark.slow
+def test_fashion_mnist_quick_config_fits_with_fast_dev_run(tmp_path, monkeypatch, fashion_gz_dir, capsys, experiments):
     monkeypatch.chdir(tmp_path)
     main(
         [
             "fit",
             "--config",
-            str(EXPERIMENTS / "fashion_mnist_quick.yaml"),
+            str(experiments / "fashion_mnist_quick.yaml"),
             "--trainer.fast_dev_run=2",
             "--data.init_args.data_dir",
             str(tmp_path / "data"),
@@ -43,7 +49,7 @@ def test_fashion_mnist_quick_config_fits_with_fast_dev_run(tmp_path, monkeypatch
 
 
 @pytest.mark.slow
-def test_budget_config_lands_shrinks_and_prunes(tmp_path, monkeypatch, fashion_gz_dir):
+def test_budget_config_lands_shrinks_and_prunes(tmp_path, monkeypatch, fashion_gz_dir, experiments):
     """The YAML names every budget/shrink setting by class_path, so a typo there would fail here."""
     from sss_lightning.cli import SSSLightningCLI
 
@@ -52,7 +58,7 @@ def test_budget_config_lands_shrinks_and_prunes(tmp_path, monkeypatch, fashion_g
         args=[
             "fit",
             "--config",
-            str(EXPERIMENTS / "fashion_mnist_budget.yaml"),
+            str(experiments / "fashion_mnist_budget.yaml"),
             "--trainer.max_epochs=3",
             "--trainer.limit_train_batches=12",
             "--trainer.limit_val_batches=2",
@@ -75,13 +81,14 @@ def test_budget_config_lands_shrinks_and_prunes(tmp_path, monkeypatch, fashion_g
     assert (tmp_path / "runs" / "fashion_mnist_budget" / "pruned.pt").is_file()
 
 
-def test_resnet_cifar_config_fits_with_fast_dev_run(tmp_path, monkeypatch, cifar10_dir):
+@pytest.mark.slow
+def test_resnet_cifar_config_fits_with_fast_dev_run(tmp_path, monkeypatch, cifar10_dir, experiments):
     monkeypatch.chdir(tmp_path)
     main(
         [
             "fit",
             "--config",
-            str(EXPERIMENTS / "resnet_cifar.yaml"),
+            str(experiments / "resnet_cifar.yaml"),
             "--trainer.fast_dev_run=1",
             "--trainer.accelerator=cpu",
             "--data.init_args.data_dir",
@@ -97,14 +104,14 @@ def test_resnet_cifar_config_fits_with_fast_dev_run(tmp_path, monkeypatch, cifar
     "flag",
     ["--optimizer=torch.optim.Adam", "--lr_scheduler=torch.optim.lr_scheduler.ExponentialLR --lr_scheduler.gamma=0.9"],
 )
-def test_cli_optimizer_flags_are_refused_before_any_work(flag, tmp_path, monkeypatch, capsys):
+def test_cli_optimizer_flags_are_refused_before_any_work(flag, tmp_path, monkeypatch, capsys, experiments):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
         main(
             [
                 "fit",
                 "--config",
-                str(EXPERIMENTS / "fashion_mnist_quick.yaml"),
+                str(experiments / "fashion_mnist_quick.yaml"),
                 *flag.split(),
                 "--data.init_args.source_dir",
                 str(tmp_path / "nowhere"),
@@ -117,45 +124,52 @@ def test_cli_optimizer_flags_are_refused_before_any_work(flag, tmp_path, monkeyp
     assert not (tmp_path / "runs").exists()
 
 
-def test_console_script_prints_config():
+@pytest.mark.slow  # a fresh interpreter imports torch and Lightning
+def test_console_script_prints_config(repo, experiments):
     out = subprocess.run(
-        ["sss-lightning", "fit", "--config", str(EXPERIMENTS / "resnet_cifar.yaml"), "--print_config"],
+        ["sss-lightning", "fit", "--config", str(experiments / "resnet_cifar.yaml"), "--print_config"],
         capture_output=True,
         text=True,
         check=True,
-        cwd=REPO,
+        cwd=repo,
     ).stdout
     assert "class_path: sss_lightning.SSSClassifier" in out
     assert "arch: resnet56" in out and "gamma: 0.01" in out
 
 
-def test_python_dash_m_entry_point():
+@pytest.mark.slow  # a fresh interpreter imports torch and Lightning
+def test_python_dash_m_entry_point(repo):
     out = subprocess.run(
-        [sys.executable, "-m", "sss_lightning", "--help"], capture_output=True, text=True, check=True, cwd=REPO
+        [sys.executable, "-m", "sss_lightning", "--help"], capture_output=True, text=True, check=True, cwd=repo
     ).stdout
     assert "fit" in out and "validate" in out
 
 
-def _train_checkpoint(tmp_path):
-
-    from sss_lightning import SSSClassifier
-
-    module = SSSClassifier(
-        arch="resnet20", num_classes=4, gates="both", arch_kwargs={"width": 4}, gamma=0.5, schedule="constant"
-    )
-    trainer = quiet_trainer(tmp_path, max_steps=20)
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory, tiny_classifier, quiet_trainer, tiny_data):
+    """A checkpoint of 20 steps of the tiny classifier (gamma 0.5, constant lr), trained once for this file;
+    the prune tests only read it, each from its own copy (``ckpt``)."""
+    torch.manual_seed(0)  # what the autouse seed gave each test that trained its own
+    root = tmp_path_factory.mktemp("trained")
+    module = tiny_classifier(gamma=0.5, schedule="constant")
+    trainer = quiet_trainer(root, max_steps=20)
     trainer.fit(module, datamodule=tiny_data())
-    path = tmp_path / "last.ckpt"
+    path = root / "last.ckpt"
     trainer.save_checkpoint(path)
     return path
 
 
-def test_prune_command_turns_a_checkpoint_into_a_reloadable_pruned_model(tmp_path, capsys):
+@pytest.fixture
+def ckpt(trained_checkpoint, tmp_path):
+    """``tmp_path/last.ckpt``: this test's copy of the trained checkpoint."""
+    return Path(shutil.copy(trained_checkpoint, tmp_path / "last.ckpt"))
+
+
+def test_prune_command_turns_a_checkpoint_into_a_reloadable_pruned_model(tmp_path, capsys, ckpt):
     import torch
 
     from sss_lightning import load_pruned
 
-    ckpt = _train_checkpoint(tmp_path)
     config = tmp_path / "data.yaml"
     config.write_text(
         "model:\n  class_path: sss_lightning.SSSClassifier\n  init_args: {num_classes: 4}\n"
@@ -170,7 +184,7 @@ def test_prune_command_turns_a_checkpoint_into_a_reloadable_pruned_model(tmp_pat
     assert model(torch.randn(2, 3, 8, 8)).shape == (2, 4)
 
 
-def test_prune_command_rounds_channel_counts_and_refuses_a_bad_round_to(tmp_path, capsys):
+def test_prune_command_rounds_channel_counts_and_refuses_a_bad_round_to(tmp_path, capsys, ckpt):
     import torch
 
     from sss_lightning import load_pruned, prune
@@ -179,7 +193,6 @@ def test_prune_command_rounds_channel_counts_and_refuses_a_bad_round_to(tmp_path
     def widths(model):
         return [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
 
-    ckpt = _train_checkpoint(tmp_path)
     main(["prune", "--ckpt", str(ckpt), "--out", str(tmp_path / "p.pt"), "--round_to", "3"])
     assert widths(load_pruned(tmp_path / "p.pt")) == widths(prune(load_sss_checkpoint(ckpt)[0].net, round_to=3))
     with pytest.raises(SystemExit):
@@ -204,14 +217,14 @@ def test_prune_command_refuses_a_foreign_checkpoint(tmp_path, capsys):
         ("vgg_cifar.yaml", ['--model.init_args.arch_kwargs={"width_mult": 0.125}']),
     ],
 )
-def test_resnext_and_vgg_configs_fit_from_the_cli(config, overrides, tmp_path, monkeypatch, cifar10_dir):
+def test_resnext_and_vgg_configs_fit_from_the_cli(config, overrides, tmp_path, monkeypatch, cifar10_dir, experiments):
     monkeypatch.chdir(tmp_path)
     with pytest.warns(UserWarning, match="no gate reached exactly zero"):
         main(
             [
                 "fit",
                 "--config",
-                str(EXPERIMENTS / config),
+                str(experiments / config),
                 "--trainer.fast_dev_run=1",
                 "--trainer.accelerator=cpu",
                 "--data.init_args.data_dir",
@@ -226,9 +239,7 @@ def test_resnext_and_vgg_configs_fit_from_the_cli(config, overrides, tmp_path, m
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:StructuralSurgery")  # whether one step zeroes a gate depends on the batch
-def test_imagenet_config_fits_on_a_tiny_image_folder(tmp_path, monkeypatch):
-    from tests.test_architectures import make_image_folder
-
+def test_imagenet_config_fits_on_a_tiny_image_folder(tmp_path, monkeypatch, make_image_folder, experiments):
     root = make_image_folder(tmp_path / "imnet")
     monkeypatch.chdir(tmp_path)
     if True:
@@ -236,7 +247,7 @@ def test_imagenet_config_fits_on_a_tiny_image_folder(tmp_path, monkeypatch):
             [
                 "fit",
                 "--config",
-                str(EXPERIMENTS / "resnet50_imagenet.yaml"),
+                str(experiments / "resnet50_imagenet.yaml"),
                 "--trainer.fast_dev_run=1",
                 "--trainer.accelerator=cpu",
                 "--model.init_args.num_classes=2",
@@ -259,7 +270,9 @@ def test_models_command_lists_macs_and_params(capsys):
     assert all(row["pruned_macs"] < row["macs"] for row in rows)
 
 
-def test_online_wandb_without_a_key_falls_back_to_offline_instead_of_prompting(tmp_path, monkeypatch, fashion_gz_dir):
+def test_online_wandb_without_a_key_falls_back_to_offline_instead_of_prompting(
+    tmp_path, monkeypatch, fashion_gz_dir, experiments
+):
     from lightning.pytorch.loggers import WandbLogger
 
     from sss_lightning.cli import SSSLightningCLI
@@ -272,7 +285,7 @@ def test_online_wandb_without_a_key_falls_back_to_offline_instead_of_prompting(t
         cli = SSSLightningCLI(
             args=[
                 "--config",
-                str(EXPERIMENTS / "fashion_mnist_quick.yaml"),
+                str(experiments / "fashion_mnist_quick.yaml"),
                 "--trainer.logger.init_args.offline=false",
                 "--data.init_args.source_dir",
                 str(fashion_gz_dir),
@@ -343,6 +356,7 @@ def test_debug_switch_and_env_var_show_the_traceback(tiny_config, monkeypatch):
         main(["fit", "--config", str(tiny_config), "--model.init_args.gamma=-0.1"])
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch and Lightning
 def test_console_script_error_has_no_traceback_and_a_non_zero_exit(tiny_config):
     out = subprocess.run(
         ["sss-lightning", "fit", "--config", str(tiny_config), "--model.init_args.gamma=-1"],
@@ -355,6 +369,7 @@ def test_console_script_error_has_no_traceback_and_a_non_zero_exit(tiny_config):
     assert "sss-lightning: error: --model.init_args.gamma=-1.0: " in out.stderr
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch and Lightning
 def test_help_lists_every_subcommand():
     """Not only LightningCLI's fit/validate/test/predict: prune, export and models too."""
     out = subprocess.run(["sss-lightning", "--help"], capture_output=True, text=True, check=True).stdout
@@ -384,12 +399,11 @@ def _prune_error(argv, capsys) -> str:
     return _error_line(capsys)
 
 
-def test_prune_of_an_empty_or_truncated_checkpoint_is_a_clear_error(tmp_path, capsys):
+def test_prune_of_an_empty_or_truncated_checkpoint_is_a_clear_error(tmp_path, capsys, ckpt):
     """`prune --ckpt empty.ckpt` is a one-line error, not a raw EOFError traceback."""
     (tmp_path / "empty.ckpt").write_bytes(b"")
     assert "--ckpt" in _prune_error(["--ckpt", str(tmp_path / "empty.ckpt")], capsys)
     assert "is empty (0 bytes" in _prune_error(["--ckpt", str(tmp_path / "empty.ckpt")], capsys)
-    ckpt = _train_checkpoint(tmp_path)
     (tmp_path / "cut.ckpt").write_bytes(ckpt.read_bytes()[:1000])
     err = _prune_error(["--ckpt", str(tmp_path / "cut.ckpt")], capsys)
     assert "cannot read it as a Lightning checkpoint" in err and "truncated" in err
@@ -417,9 +431,8 @@ def test_prune_checks_its_arguments_before_any_work(args, expected, tmp_path, ca
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
 
 
-def test_prune_into_an_existing_folder_leaves_nothing_behind(tmp_path, capsys):
+def test_prune_into_an_existing_folder_leaves_nothing_behind(tmp_path, capsys, ckpt):
     """`prune --out <existing dir>` fails before the work and leaves no <dir>.tmp next to it."""
-    ckpt = _train_checkpoint(tmp_path)
     (tmp_path / "out").mkdir()
     before = sorted(p.name for p in tmp_path.iterdir())
     _prune_error(["--ckpt", str(ckpt), "--out", str(tmp_path / "out")], capsys)
@@ -427,11 +440,10 @@ def test_prune_into_an_existing_folder_leaves_nothing_behind(tmp_path, capsys):
     assert not list((tmp_path / "out").iterdir())
 
 
-def test_save_pruned_failures_leave_no_temporary_file(tmp_path, monkeypatch):
+def test_save_pruned_failures_leave_no_temporary_file(tmp_path, monkeypatch, pruned_resnet):
     import torch
 
     from sss_lightning import save_pruned
-    from tests.test_io import pruned_resnet
 
     _, pruned = pruned_resnet()
     (tmp_path / "dir.pt").mkdir()
@@ -447,10 +459,8 @@ def test_save_pruned_failures_leave_no_temporary_file(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.pt"]
 
 
-def test_prune_that_removes_nothing_says_how_to_get_zeros(tmp_path, capsys):
-    from sss_lightning import SSSClassifier
-
-    module = SSSClassifier(arch="resnet20", num_classes=4, arch_kwargs={"width": 4}, gamma=0.0)
+def test_prune_that_removes_nothing_says_how_to_get_zeros(tmp_path, capsys, tiny_classifier, quiet_trainer, tiny_data):
+    module = tiny_classifier(gamma=0.0)
     trainer = quiet_trainer(tmp_path, max_steps=2)
     trainer.fit(module, datamodule=tiny_data())
     trainer.save_checkpoint(tmp_path / "dense.ckpt")
@@ -471,9 +481,8 @@ def test_prune_that_removes_nothing_says_how_to_get_zeros(tmp_path, capsys):
         (["--model", "{model}", "--input_size", "[1, 2, 3, 4]"], "--input_size must be three positive ints"),
     ],
 )
-def test_export_checks_its_arguments(args, expected, tmp_path, capsys):
+def test_export_checks_its_arguments(args, expected, tmp_path, capsys, pruned_resnet):
     from sss_lightning import save_pruned
-    from tests.test_io import pruned_resnet
 
     save_pruned(pruned_resnet()[1], tmp_path / "m.pt")
     (tmp_path / "empty.pt").write_bytes(b"")

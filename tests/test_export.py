@@ -27,6 +27,7 @@ def test_torchscript_export_round_trips_at_other_batch_sizes(tmp_path, pruned):
     torch.testing.assert_close(loaded(x), pruned(x))
 
 
+@pytest.mark.slow
 def test_onnx_export_runs_in_onnxruntime_with_the_same_outputs(tmp_path, pruned):
     path, diff = export_model(pruned, tmp_path / "m.onnx", (1, 12, 12), "onnx")
     assert diff is not None and diff < 1e-4

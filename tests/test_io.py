@@ -8,6 +8,7 @@ from sss_lightning.gates import iter_gates
 from sss_lightning.io import PrunedFileError, load_pruned, save_pruned
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch
 def test_reload_in_a_fresh_process_gives_identical_outputs(tmp_path, pruned_resnet, repo):
     gated, pruned = pruned_resnet()
     x = torch.randn(4, 1, 12, 12)

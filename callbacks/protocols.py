@@ -12,6 +12,8 @@ fix, instead of an ``AttributeError`` deep inside a training hook. :class:`~sss_
   :class:`~sss_lightning.callbacks.StructuralSurgery` and :class:`~sss_lightning.callbacks.MagnitudePruning`.
 * :class:`FineTunableModule` (and ``prepare_finetune(lr, total_steps)``): the same two with ``finetune_epochs > 0``.
 * :class:`ShrinkableModule` (and ``shrink()``): for :class:`~sss_lightning.callbacks.InTrainingShrink`.
+* :class:`SettleableModule` (and ``settle(reason)``, ``settled_by``): for
+  :class:`~sss_lightning.callbacks.FreezeGates` and :class:`~sss_lightning.callbacks.MacsBudget`.
 
 :class:`~sss_lightning.callbacks.FitSummary` reads the gates of the whole module and needs nothing more
 than a LightningModule. ``StructuralSurgery(evaluate=True)`` also uses a ``val_acc`` torchmetrics metric
@@ -30,6 +32,7 @@ __all__ = [
     "GatedModule",
     "ReshapableModule",
     "ShrinkAwareModule",
+    "SettleableModule",
     "ShrinkableModule",
     "check_module",
     "protocol_members",
@@ -92,6 +95,18 @@ class ShrinkableModule(GatedModule, Protocol):
         ...
 
 
+@runtime_checkable
+class SettleableModule(GatedModule, Protocol):
+    """A :class:`GatedModule` whose structure a callback can fix: every gate frozen from then on."""
+
+    settled_by: str | None
+    """The callback that fixes the structure itself (the module's own ``settle_at`` then stands aside)."""
+
+    def settle(self, reason: str) -> None:
+        """Freeze every gate now (optimizer state included, so a checkpoint keeps it); ``reason`` is logged."""
+        ...
+
+
 # What to define, for the error message of a module that lacks a member.
 MEMBER_HELP = {
     "net": "`net`, the gated nn.Module that is trained and pruned",
@@ -104,6 +119,9 @@ MEMBER_HELP = {
     "prepare_finetune": "`prepare_finetune(lr, total_steps)`, which makes the next configure_optimizers build "
     "the fine-tuning optimizer",
     "shrink": "`shrink()`, which slices the zero structures out of `net` mid-fit",
+    "settled_by": "`settled_by`, the name of the callback that fixes the structure (None: the module's own "
+    "settle_at does)",
+    "settle": "`settle(reason)`, which freezes every gate from now on",
 }
 
 

@@ -14,6 +14,7 @@ from sss_lightning.callbacks.protocols import (
     FineTunableModule,
     GatedModule,
     ReshapableModule,
+    SettleableModule,
     ShrinkableModule,
     ShrinkAwareModule,
     check_module,
@@ -31,6 +32,9 @@ class PlainModule(L.LightningModule):
         self.layer = nn.Linear(3 * 8 * 8, 4)
 
     def training_step(self, batch, batch_idx):
+        raise AssertionError("the callback should have refused the module at setup, before any step")
+
+    def validation_step(self, batch, batch_idx):
         raise AssertionError("the callback should have refused the module at setup, before any step")
 
     def configure_optimizers(self):
@@ -122,7 +126,15 @@ def test_a_net_that_is_not_a_module_is_named(tmp_path):
 
 def test_sss_modules_satisfy_every_protocol():
     module = SSSClassifier(arch="resnet20", num_classes=4, arch_kwargs={"width": 4})
-    for protocol in (GatedModule, ShrinkAwareModule, ReshapableModule, FineTunableModule, ShrinkableModule):
+    protocols = (
+        GatedModule,
+        ShrinkAwareModule,
+        ReshapableModule,
+        FineTunableModule,
+        ShrinkableModule,
+        SettleableModule,
+    )
+    for protocol in protocols:
         assert isinstance(module, protocol), protocol.__name__
         check_module(module, protocol, "test")
     assert not isinstance(PlainModule(), GatedModule)
@@ -141,3 +153,4 @@ def test_protocol_members_list_what_each_callback_uses():
         "prepare_finetune",
     ]
     assert protocol_members(ShrinkableModule) == ["net", "example_input_array", "shrink"]
+    assert protocol_members(SettleableModule) == ["net", "example_input_array", "settled_by", "settle"]

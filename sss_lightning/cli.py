@@ -80,7 +80,8 @@ class RunError(RuntimeError):
 
 
 class SSSLightningCLI(LightningCLI):
-    """LightningCLI for SSS: subclass mode for model and data, CLI optimizers refused."""
+    """LightningCLI for SSS: subclass mode for model and data, CLI optimizers refused, and the datamodule's
+    ``input_size`` passed to the model's (see :meth:`datamodule_input_size`)."""
 
     def __init__(self, args: ArgsType = None, **kwargs: Any) -> None:
         kwargs.setdefault("parser_kwargs", {"default_env": False})

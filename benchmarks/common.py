@@ -6,6 +6,8 @@ the same Trainer settings, and a comparison across scripts compares methods, not
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +65,44 @@ def quiet_trainer(args: Any, callbacks: list[L.Callback], **kwargs: Any) -> L.Tr
         default_root_dir=args.out_dir,
         **kwargs,
     )
+
+
+class RunLog:
+    """A sweep's finished runs, one JSON line each in ``path``: a killed sweep run again skips what the
+    log holds and goes on. A run is identified by the values of the ``key`` fields of its row."""
+
+    def __init__(self, path: str | Path, key: Sequence[str]) -> None:
+        self.path, self.key = Path(path), tuple(key)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        text = self.path.read_text() if self.path.exists() else ""
+        self.rows: list[dict[str, Any]] = [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def key_of(self, row: dict[str, Any]) -> tuple:
+        return tuple(row[k] for k in self.key)
+
+    def has(self, key: tuple) -> bool:
+        return any(self.key_of(r) == key for r in self.rows)
+
+    def add(self, row: dict[str, Any]) -> None:
+        """Append a finished run (to the file at once: a later kill keeps it)."""
+        self.rows.append(row)
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def select(self, keys: Sequence[tuple]) -> list[dict[str, Any]]:
+        """The logged runs among ``keys``, in log order."""
+        wanted = set(keys)
+        return [r for r in self.rows if self.key_of(r) in wanted]
+
+    def sweep(self, keys: Sequence[tuple], run: Callable[[tuple], dict[str, Any] | None], say: Callable[[dict], str]):
+        """Run every key the log lacks, in order (``run`` may return None to skip one), logging each row
+        and printing ``say(row)``; returns the logged runs among ``keys``."""
+        for key in keys:
+            if self.has(key):
+                continue
+            row = run(key)
+            if row is None:
+                continue
+            self.add(row)
+            print(say(row), flush=True)
+        return self.select(keys)

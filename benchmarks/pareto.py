@@ -28,7 +28,6 @@ interpolated per seed between its two widths nearest in MACs) with a 95% t inter
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import statistics
 import time
@@ -38,7 +37,7 @@ from typing import Any
 import lightning as L
 from jsonargparse import ArgumentParser
 
-from benchmarks.common import add_run_arguments, check_run_arguments, datamodule, quiet_trainer
+from benchmarks.common import RunLog, add_run_arguments, check_run_arguments, datamodule, quiet_trainer
 from benchmarks.report import write_report
 from sss_lightning.callbacks import GateMonitor, InTrainingShrink, MacsBudget, StructuralSurgery
 from sss_lightning.flops import count_flops
@@ -377,32 +376,31 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if not 0 < args.finetune_epochs < args.epochs:
         parser.error("--finetune_epochs must be at least 1 and less than --epochs")
     check_run_arguments(parser, args)
-    log = Path(f"{args.out}.runs.jsonl")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    runs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    log = RunLog(f"{args.out}.runs.jsonl", KEY)
+    runs = log.rows
     setting = {k: getattr(args, k) for k in KEY[:4]}
     wanted = [_key({**setting, "method": m, "knob": k, "seed": s}) for s in args.seeds for m, k in configs(args)]
-    done = {_key(r) for r in runs}
-    for key in wanted:
-        if key in done or args.report_only:
-            continue
+
+    def run(key: tuple) -> dict | None:
         method, knob, seed = key[-3:]
+        if args.report_only:
+            return None
         if method in MATCHED and _target(knob, seed, runs, args) >= 1.0:
             print(f"[pareto] {method} {knob} seed {seed}: skipped, that SSS point pruned nothing", flush=True)
-            continue
-        row = run_one(method, knob, seed, args, runs)
-        runs.append(row)
-        with log.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(
-            f"[pareto] {method} {knob} seed {seed}: acc {row['val_acc']:.4f}, MACs {row['macs_ratio']:.3f}, "
-            f"{row['seconds']:.0f} s",
-            flush=True,
-        )
-    current = [r for r in runs if _key(r) in set(wanted)]
+            return None
+        return run_one(method, knob, seed, args, runs)
+
+    current = log.sweep(
+        wanted,
+        run,
+        lambda row: (
+            f"[pareto] {row['method']} {row['knob']} seed {row['seed']}: acc {row['val_acc']:.4f}, MACs "
+            f"{row['macs_ratio']:.3f}, {row['seconds']:.0f} s"
+        ),
+    )
     if not current:
         if args.report_only:
-            parser.error(f"no finished run of these settings in {log}; run without --report_only first")
+            parser.error(f"no finished run of these settings in {log.path}; run without --report_only first")
         print("[pareto] nothing to report: every requested run was skipped", flush=True)
         return []
     rows = summarize(current)

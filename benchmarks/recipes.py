@@ -15,16 +15,14 @@ appended to ``<out>.runs.jsonl`` and not repeated.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 from jsonargparse import ArgumentParser
 
-from benchmarks.common import add_run_arguments, check_run_arguments, datamodule, quiet_trainer
+from benchmarks.common import RunLog, add_run_arguments, check_run_arguments, datamodule, quiet_trainer
 from benchmarks.report import write_report
 from sss_lightning.callbacks import GateMonitor, InTrainingShrink, StructuralSurgery
 from sss_lightning.flops import count_flops
@@ -130,9 +128,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         suffix = "" if args.dataset == "fashion_mnist" else f"_{args.dataset}"
         args.out = f"benchmarks/results/recipes_{args.arch}{suffix}"
     check_run_arguments(parser, args)
-    log = Path(f"{args.out}.runs.jsonl")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    runs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    log = RunLog(f"{args.out}.runs.jsonl", KEY)
     setting = {k: getattr(args, k) for k in KEY[:4]}
     wanted = [
         tuple({**setting, "recipe": r, "gamma": g, "seed": s}[k] for k in KEY)
@@ -140,21 +136,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for g in args.gammas
         for r in args.recipes
     ]
-    done = {tuple(r[k] for k in KEY) for r in runs}
-    for key in wanted:
-        if key in done:
-            continue
-        recipe, gamma, seed = key[-3:]
-        row = run_one(recipe, gamma, seed, args)
-        runs.append(row)
-        with log.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(
-            f"[recipes] {recipe} gamma {gamma} seed {seed}: acc {row['val_acc']:.4f}, MACs kept "
-            f"{row['macs_ratio']:.3f}, stable {row['stable_zero_fraction']}, {row['seconds']:.0f} s",
-            flush=True,
-        )
-    current = [r for r in runs if tuple(r[k] for k in KEY) in set(wanted)]
+    current = log.sweep(
+        wanted,
+        lambda key: run_one(*key[-3:], args),
+        lambda row: (
+            f"[recipes] {row['recipe']} gamma {row['gamma']} seed {row['seed']}: acc {row['val_acc']:.4f}, MACs "
+            f"kept {row['macs_ratio']:.3f}, stable {row['stable_zero_fraction']}, {row['seconds']:.0f} s"
+        ),
+    )
     write_report(args.out, report(current, args), {"runs": current})
     return current
 

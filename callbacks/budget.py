@@ -98,6 +98,11 @@ class MacsBudget(Callback):
         self._last_alive: list[torch.Tensor] | None = None  # each gate entry's last non-zero value seen
 
     @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(target_macs=self.target_macs, by_epoch=self.by_epoch)
+
+    @property
     def scale(self) -> float:
         """The factor the controller applies to every gate group's starting gamma."""
         return self.controller.scale

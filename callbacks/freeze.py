@@ -44,6 +44,11 @@ class FreezeGates(Callback):
         self.stable_epochs = 0
         self._last_pattern: list[bool] | None = None
 
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(patience=self.patience, target_macs=self.target_macs)
+
     def _pattern(self, net: torch.nn.Module) -> list[bool]:
         return [bool(v) for info in iter_gates(net) for v in (info.module.scale == 0).flatten()]
 

@@ -37,6 +37,11 @@ class InTrainingShrink(Callback):
         self.epochs = sorted({int(e) for e in epochs}) if epochs is not None else []
         self.history: list[dict[str, int]] = []
 
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(when_frozen=self.when_frozen, epochs=self.epochs)
+
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not callable(getattr(pl_module, "shrink", None)):

@@ -14,7 +14,7 @@ from torch import nn
 
 from .models.registry import import_path, resolve_import_path
 
-__all__ = ["load_sss_checkpoint", "network_of", "record_built_network"]
+__all__ = ["load_sss_checkpoint", "network_of", "record_built_network", "write_record", "read_record"]
 
 
 def network_of(module: dict[str, Any]) -> nn.Module:
@@ -48,6 +48,32 @@ def record_built_network(module: Any) -> None:
 # The import path pruned files hold; it stays "sss_lightning.module:network_of" (re-exported there) so
 # that files written by every version rebuild.
 _NETWORK_OF = "sss_lightning.module:network_of"
+
+
+def write_record(module: Any, checkpoint: dict[str, Any]) -> None:
+    """Put into a Lightning checkpoint what rebuilding ``module`` needs beyond its hyper-parameters and state
+    dict (the network's shape travels in the state dict itself): its class, one input's shape, the
+    fine-tune settings after surgery and the cost weights of the gates' penalty."""
+    cls, x = type(module), module.example_input_array
+    checkpoint["sss"] = {
+        "module_class": f"{cls.__module__}.{cls.__qualname__}",
+        "input_shape": list(x.shape[1:]) if isinstance(x, torch.Tensor) else None,
+        "finetune": module._finetune,
+        "gate_weights": module._gate_weights,
+    }
+
+
+def read_record(module: Any, checkpoint: dict[str, Any]) -> None:
+    """Restore what :func:`write_record` put into ``checkpoint`` onto ``module`` (before its state dict)."""
+    record = checkpoint.get("sss", {})
+    shape = record.get("input_shape")
+    if shape and module.example_input_array is None:
+        module.example_input_array = torch.zeros(1, *shape)
+    state = checkpoint.get("state_dict")
+    if isinstance(state, dict) and "_extra_state" not in state:  # written before the network shape was in it
+        state["_extra_state"] = {"architecture": record.get("pruned_spec"), "frozen_gates": []}
+    module._finetune = record.get("finetune")
+    module._gate_weights = record.get("gate_weights") or module._gate_weights
 
 
 def load_sss_checkpoint(path: str | Path) -> tuple[Any, dict[str, Any]]:

@@ -20,12 +20,10 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from . import recipe
-from .checkpoints import load_sss_checkpoint, network_of, record_built_network
-from .flops import structure_costs
+from .checkpoints import load_sss_checkpoint, network_of, read_record, record_built_network, write_record
 from .gate_groups import freeze_all, structure_fixed
 from .gates import gate_parameters, has_gates, iter_gates, sparsity
 from .models.registry import build_model
-from .rescale import gate_pairs, rescale_gates
 from .reshaping import NetworkReshaping
 from .shrink import rewrap_distributed
 
@@ -161,18 +159,11 @@ class SSSModule(L.LightningModule):
         return loss
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """The optimizer step, the gates' rescaling, then a check that no gate became non-finite, before any
-        callback (checkpoint, snapshot, surgery) sees the new state."""
+        """The optimizer step, then the recipe's gate rescaling and its check that no gate became non-finite,
+        before any callback (checkpoint, snapshot, surgery) sees the new state."""
         super().optimizer_step(*args, **kwargs)
-        if self.hparams.get("gate_rescale"):
-            optimizer = self.trainer.optimizers[0] if self._trainer is not None else None
-            rescale_gates(gate_pairs(self.net)[0], getattr(optimizer, "optimizer", optimizer))
-        scales = [p.detach().flatten() for p in gate_parameters(self.net)]
-        if scales and not torch.isfinite(torch.cat(scales)).all():
-            raise FloatingPointError(
-                f"a gate became non-finite at epoch {self.current_epoch}, step {self.global_step}; the run stops "
-                "before any snapshot or surgery writes a broken model. Fix: lower lr, gate_lr or gamma"
-            )
+        optimizer = self.trainer.optimizers[0] if self._trainer is not None else None
+        recipe.after_step(self.net, optimizer, self.hparams, f"epoch {self.current_epoch}, step {self.global_step}")
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         settle = self.hparams.get("settle_at")
@@ -203,26 +194,11 @@ class SSSModule(L.LightningModule):
         self._shared_step(batch, "test", self.test_acc)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record what is needed to rebuild this module: its class and input shape (the network's shape
-        travels in the state dict itself, see :meth:`get_extra_state`)."""
-        cls, x = type(self), self.example_input_array
-        checkpoint["sss"] = {
-            "module_class": f"{cls.__module__}.{cls.__qualname__}",
-            "input_shape": list(x.shape[1:]) if isinstance(x, Tensor) else None,
-            "finetune": self._finetune,
-            "gate_weights": self._gate_weights,
-        }
+        """Record what is needed to rebuild this module (see :func:`~sss_lightning.checkpoints.write_record`)."""
+        write_record(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        record = checkpoint.get("sss", {})
-        shape = record.get("input_shape")
-        if shape and self.example_input_array is None:
-            self.example_input_array = torch.zeros(1, *shape)
-        state = checkpoint.get("state_dict")
-        if isinstance(state, dict) and "_extra_state" not in state:  # written before the network shape was in it
-            state["_extra_state"] = {"architecture": record.get("pruned_spec"), "frozen_gates": []}
-        self._finetune = record.get("finetune")
-        self._gate_weights = record.get("gate_weights") or self._gate_weights
+        read_record(self, checkpoint)
 
     def get_extra_state(self) -> dict[str, Any]:
         """Kept in the state dict so that every way of loading it (resume, ``load_from_checkpoint``, the
@@ -270,16 +246,10 @@ class SSSModule(L.LightningModule):
 
     def gate_weights(self) -> dict[str, float]:
         """Per-gate multipliers of ``gamma``: 1 for all, or ``cost_g / mean cost`` with ``cost_weighted``."""
-        gates = list(iter_gates(self.net))
         if not self.hparams.cost_weighted:
-            return {info.name: 1.0 for info in gates}
+            return {info.name: 1.0 for info in iter_gates(self.net)}
         if self._gate_weights is None:
-            costs = structure_costs(self.net, self.hparams.input_size)
-            counts = {info.name: info.module.num_structures for info in gates}
-            mean = sum(costs[n] * counts[n] for n in costs) / sum(counts.values())
-            if mean <= 0:
-                raise ValueError("cost_weighted=True: no gate of this network controls any MACs")
-            self._gate_weights = {name: cost / mean for name, cost in costs.items()}
+            self._gate_weights = recipe.cost_weights(self.net, self.hparams.input_size)
         return self._gate_weights
 
     def param_groups(self) -> list[dict[str, Any]]:

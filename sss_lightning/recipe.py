@@ -14,10 +14,22 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from .flops import structure_costs
 from .gate_groups import build_param_groups
+from .gates import gate_parameters, iter_gates
 from .optim import APG, validate_hparams
+from .rescale import gate_pairs, rescale_gates
 
-__all__ = ["SCHEDULES", "check_recipe", "check_input_size", "param_groups", "configure_optimizers"]
+__all__ = [
+    "SCHEDULES",
+    "check_recipe",
+    "check_input_size",
+    "param_groups",
+    "configure_optimizers",
+    "cost_weights",
+    "after_step",
+    "check_finetune",
+]
 
 SCHEDULES = ("cosine", "step", "constant")
 Schedule = Literal["cosine", "step", "constant"]
@@ -89,6 +101,30 @@ def param_groups(
             "gamma": hp["gamma"],
         }
     return build_param_groups(net, weights=weights, gates=gates, gamma_by_gate=gamma_by_gate)
+
+
+def cost_weights(net: nn.Module, input_size: Sequence[int]) -> dict[str, float]:
+    """Per gate, the MACs one of its structures costs over the mean cost of all structures: the
+    multiplier of ``gamma`` that makes the same gamma remove expensive structures first."""
+    costs = structure_costs(net, input_size)
+    counts = {info.name: info.module.num_structures for info in iter_gates(net)}
+    mean = sum(costs[n] * counts[n] for n in costs) / sum(counts.values())
+    if mean <= 0:
+        raise ValueError("cost_weighted=True: no gate of this network controls any MACs")
+    return {name: cost / mean for name, cost in costs.items()}
+
+
+def after_step(net: nn.Module, optimizer: Any, hp: Mapping[str, Any], where: str) -> None:
+    """What follows every optimizer step: the gates' rescaling (``gate_rescale``) and a check that no gate
+    became non-finite, raised before any callback writes a broken model."""
+    if hp.get("gate_rescale"):
+        rescale_gates(gate_pairs(net)[0], getattr(optimizer, "optimizer", optimizer))
+    scales = [p.detach().flatten() for p in gate_parameters(net)]
+    if scales and not torch.isfinite(torch.cat(scales)).all():
+        raise FloatingPointError(
+            f"a gate became non-finite at {where}; the run stops before any snapshot or surgery writes a broken "
+            "model. Fix: lower lr, gate_lr or gamma"
+        )
 
 
 def check_finetune(lr: float, total_steps: int, momentum: float) -> dict[str, float]:

@@ -25,15 +25,12 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
-from sss_lightning import SSSClassifier, SSSModule, add_gates, build_model, prune, rebuildable, save_pruned
+from sss_lightning import SSSModule, add_gates, build_model, prune, rebuildable, save_pruned
 from sss_lightning.callbacks import InTrainingShrink, PruningSnapshot, StructuralSurgery
 from sss_lightning.export import export_model
 from sss_lightning.gates import ChannelGate, gate_parameters, iter_gates, random_gate_pattern
 from sss_lightning.io import PrunedFileError, architecture_spec, load_pruned, read_pruned, rebuild_problem
-from tests import persist_models
-from tests.conftest import REPO
-from tests.helpers import quiet_trainer, tiny_data
-from tests.test_surgery import randomize_bn
+from tests import persist_models  # networks a fresh process imports by name: not a test module
 
 pytestmark = [  # the resumed run writes elsewhere and takes no snapshots
     pytest.mark.filterwarnings("ignore:The dirpath has changed"),
@@ -43,32 +40,36 @@ pytestmark = [  # the resumed run writes elsewhere and takes no snapshots
 SIZE = (3, 16, 16)
 
 
-def _classifier(arch: str, gates: str, **arch_kwargs: Any) -> SSSModule:
-    return SSSClassifier(arch=arch, num_classes=4, gates=gates, arch_kwargs=arch_kwargs, gamma=0.1)
-
-
-NETWORKS = {
-    "resnet20": lambda: _classifier("resnet20", "both", width=4),
-    "vgg11": lambda: _classifier("vgg11", "channel", width_mult=0.125),
-    "resnet50": lambda: _classifier("resnet50", "both", width=2),
-    "subclass": lambda: persist_models.TinySubclass(width=4, num_classes=4, gamma=0.1),
-    "user_class": lambda: SSSModule(net=persist_models.user_net(), gamma=0.1),
-    "add_gates": lambda: SSSModule(net=persist_models.torchvision_net(), gamma=0.1),
-}
+NETWORKS = ("resnet20", "vgg11", "resnet50", "subclass", "user_class", "add_gates")
 # what a fresh process passes as net= to load a checkpoint of a module built with net=...
 NET_FACTORY = {"user_class": "tests.persist_models:user_net", "add_gates": "tests.persist_models:torchvision_net"}
 SLOW = {"resnet50", "add_gates"}
 NAMES = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in NETWORKS]
 
 
-def make(name: str) -> SSSModule:
-    """The network with a fixed half-zero gate pattern and frozen gates: every run shrinks the same way."""
-    torch.manual_seed(0)
-    module = NETWORKS[name]()
-    random_gate_pattern(module.net, 0.5, seed=1)
-    for p in gate_parameters(module.net):
-        p.requires_grad_(False)
-    return module
+@pytest.fixture(scope="session")
+def make(tiny_classifier):
+    """make(name): that network's module (gamma 0.1, 4 classes) with a fixed half-zero gate pattern and
+    frozen gates: every run shrinks the same way."""
+    builders = {
+        "resnet20": lambda: tiny_classifier(gamma=0.1),
+        "vgg11": lambda: tiny_classifier(arch="vgg11", gates="channel", gamma=0.1),
+        "resnet50": lambda: tiny_classifier(arch="resnet50", arch_kwargs={"width": 2}, gamma=0.1),
+        "subclass": lambda: persist_models.TinySubclass(width=4, num_classes=4, gamma=0.1),
+        "user_class": lambda: SSSModule(net=persist_models.user_net(), gamma=0.1),
+        "add_gates": lambda: SSSModule(net=persist_models.torchvision_net(), gamma=0.1),
+    }
+    assert set(builders) == set(NETWORKS)
+
+    def make(name: str) -> SSSModule:
+        torch.manual_seed(0)
+        module = builders[name]()
+        random_gate_pattern(module.net, 0.5, seed=1)
+        for p in gate_parameters(module.net):
+            p.requires_grad_(False)
+        return module
+
+    return make
 
 
 def example() -> torch.Tensor:
@@ -90,19 +91,6 @@ class PrunedOutputs(L.Callback):
         self.by_epoch[trainer.current_epoch + 1] = outputs(prune(pl_module.net))
 
 
-def fit(module: SSSModule, root: Path, callbacks: list, ckpt_path: Path | None = None) -> L.Trainer:
-    trainer = quiet_trainer(
-        root,
-        [*callbacks, ModelCheckpoint(dirpath=root / "ckpt", save_top_k=-1, every_n_epochs=1)],
-        max_epochs=3,
-        enable_checkpointing=True,
-        limit_val_batches=0,
-    )
-    L.seed_everything(0)
-    trainer.fit(module, datamodule=tiny_data(image_size=SIZE[1], train_size=32), ckpt_path=ckpt_path)
-    return trainer
-
-
 @dataclass
 class Run:
     """One network through the whole contract; ``files`` are what the fresh process must reload."""
@@ -122,63 +110,85 @@ def _expect(root: Path, tag: str, y: torch.Tensor) -> str:
     return str(path)
 
 
-def save_contract(name: str, root: Path) -> dict:
-    """save_pruned on the pruned network (no training); the fresh process's entry for it."""
-    gated = make(name).net
-    randomize_bn(gated, torch.Generator().manual_seed(0))
-    pruned = prune(gated)
-    saved = save_pruned(pruned, root / "saved.pt")
-    return {"tag": "save_pruned", "kind": "pruned", "file": str(saved), "io": _expect(root, "saved", outputs(pruned))}
-
-
-def run_contract(name: str, root: Path) -> Run:
-    """A fit that shrinks before epoch 2, snapshots after epochs 1 and 3, checkpoints every epoch and ends
-    with surgery; then a fit resumed from the checkpoint after epoch 2 (taken after the shrink)."""
-    files: list[dict] = []
-    module = make(name)
-    probe = PrunedOutputs()
-    snapshot = PruningSnapshot(epochs=[1, 3], dirpath=str(root / "snapshots"))
-    surgery = StructuralSurgery(dirpath=str(root), evaluate=False)
-    fit(module, root / "a", [InTrainingShrink(when_frozen=False, epochs=[2]), snapshot, probe, surgery])
-    assert not list(iter_gates(module.net)) and surgery.saved_path is not None
-    after = root / "after-surgery.ckpt"
-    module.trainer.save_checkpoint(after)
-    y = outputs(module.net)
-    for row in snapshot.rows:
-        tag = f"snapshot-{row['epoch']}"
-        expected = _expect(root, tag, probe.by_epoch[row["epoch"]])
-        files.append({"tag": tag, "kind": "pruned", "file": row["path"], "io": expected})
-    files.append({"tag": "surgery", "kind": "pruned", "file": str(surgery.saved_path), "io": _expect(root, "y", y)})
-    files.append(
-        {
-            "tag": "checkpoint",
-            "kind": "checkpoint",
-            "file": str(after),
-            "net": NET_FACTORY.get(name),
-            "io": str(root / "y.expected.pt"),
-        }
-    )
-
-    resumed = make(name)  # a fresh full-width module: the checkpoint reshapes it
-    post_shrink = root / "a" / "ckpt" / "epoch=1-step=4.ckpt"
-    fit(
-        resumed,
-        root / "b",
-        [InTrainingShrink(when_frozen=False, epochs=[2]), StructuralSurgery(filename=None, evaluate=False)],
-        post_shrink,
-    )
-    return Run(root, module, resumed, probe.by_epoch, list(snapshot.rows), surgery.saved_path, files)
-
-
 class Lab:
     """Runs each network once per test module, and one fresh process over the files of every network
-    whose tests were selected (``-m "not slow"`` leaves out the slow ones, ``-k`` all but the named)."""
+    whose tests were selected (``-m "not slow"`` leaves out the slow ones, ``-k`` all but the named).
+    ``fixtures`` are those it works with: make, quiet_trainer, tiny_data, randomize_bn and repo."""
 
-    def __init__(self, root: Path, networks: list[str]) -> None:
+    def __init__(self, root: Path, networks: list[str], fixtures: dict[str, Any]) -> None:
         self.root = root
         self.networks = networks
+        self.make, self.quiet_trainer, self.tiny_data = (
+            fixtures["make"],
+            fixtures["quiet_trainer"],
+            fixtures["tiny_data"],
+        )
+        self.randomize_bn, self.repo = fixtures["randomize_bn"], fixtures["repo"]
         self._done: dict[tuple[str, str], Any] = {}
         self._fresh: dict[str, str] | None = None
+
+    def fit(self, module: SSSModule, root: Path, callbacks: list, ckpt_path: Path | None = None) -> L.Trainer:
+        trainer = self.quiet_trainer(
+            root,
+            [*callbacks, ModelCheckpoint(dirpath=root / "ckpt", save_top_k=-1, every_n_epochs=1)],
+            max_epochs=3,
+            enable_checkpointing=True,
+            limit_val_batches=0,
+        )
+        L.seed_everything(0)
+        trainer.fit(module, datamodule=self.tiny_data(image_size=SIZE[1], train_size=32), ckpt_path=ckpt_path)
+        return trainer
+
+    def save_contract(self, name: str, root: Path) -> dict:
+        """save_pruned on the pruned network (no training); the fresh process's entry for it."""
+        gated = self.make(name).net
+        self.randomize_bn(gated, torch.Generator().manual_seed(0))
+        pruned = prune(gated)
+        saved = save_pruned(pruned, root / "saved.pt")
+        return {
+            "tag": "save_pruned",
+            "kind": "pruned",
+            "file": str(saved),
+            "io": _expect(root, "saved", outputs(pruned)),
+        }
+
+    def run_contract(self, name: str, root: Path) -> Run:
+        """A fit that shrinks before epoch 2, snapshots after epochs 1 and 3, checkpoints every epoch and ends
+        with surgery; then a fit resumed from the checkpoint after epoch 2 (taken after the shrink)."""
+        files: list[dict] = []
+        module = self.make(name)
+        probe = PrunedOutputs()
+        snapshot = PruningSnapshot(epochs=[1, 3], dirpath=str(root / "snapshots"))
+        surgery = StructuralSurgery(dirpath=str(root), evaluate=False)
+        self.fit(module, root / "a", [InTrainingShrink(when_frozen=False, epochs=[2]), snapshot, probe, surgery])
+        assert not list(iter_gates(module.net)) and surgery.saved_path is not None
+        after = root / "after-surgery.ckpt"
+        module.trainer.save_checkpoint(after)
+        y = outputs(module.net)
+        for row in snapshot.rows:
+            tag = f"snapshot-{row['epoch']}"
+            expected = _expect(root, tag, probe.by_epoch[row["epoch"]])
+            files.append({"tag": tag, "kind": "pruned", "file": row["path"], "io": expected})
+        files.append({"tag": "surgery", "kind": "pruned", "file": str(surgery.saved_path), "io": _expect(root, "y", y)})
+        files.append(
+            {
+                "tag": "checkpoint",
+                "kind": "checkpoint",
+                "file": str(after),
+                "net": NET_FACTORY.get(name),
+                "io": str(root / "y.expected.pt"),
+            }
+        )
+
+        resumed = self.make(name)  # a fresh full-width module: the checkpoint reshapes it
+        post_shrink = root / "a" / "ckpt" / "epoch=1-step=4.ckpt"
+        self.fit(
+            resumed,
+            root / "b",
+            [InTrainingShrink(when_frozen=False, epochs=[2]), StructuralSurgery(filename=None, evaluate=False)],
+            post_shrink,
+        )
+        return Run(root, module, resumed, probe.by_epoch, list(snapshot.rows), surgery.saved_path, files)
 
     def _once(self, stage: str, name: str, work) -> Any:
         if (stage, name) not in self._done:
@@ -194,10 +204,10 @@ class Lab:
         return result
 
     def saved(self, name: str) -> dict:
-        return self._once("saved", name, save_contract)
+        return self._once("saved", name, self.save_contract)
 
     def run(self, name: str) -> Run:
-        return self._once("run", name, run_contract)
+        return self._once("run", name, self.run_contract)
 
     def fresh(self, name: str, tag: str) -> str:
         """The fresh process's verdict on one file: "ok", or what went wrong."""
@@ -209,7 +219,7 @@ class Lab:
                         manifest += [{**item, "network": other} for item in items(other)]
                     except Exception:
                         pass  # that network's own tests report its failure
-            self._fresh = reload_in_fresh_process(manifest, self.root)
+            self._fresh = reload_in_fresh_process(manifest, self.root, self.repo)
         self.saved(name) if tag == "save_pruned" else self.run(name)
         return self._fresh.get(f"{name}/{tag}", "not reloaded")
 
@@ -239,24 +249,26 @@ json.dump(results, open(sys.argv[2], "w"))
 """
 
 
-def reload_in_fresh_process(manifest: list[dict], root: Path) -> dict[str, str]:
+def reload_in_fresh_process(manifest: list[dict], root: Path, repo: Path) -> dict[str, str]:
     (root / "manifest.json").write_text(json.dumps(manifest))
     out = root / "results.json"
     done = subprocess.run(
-        [sys.executable, "-c", FRESH, str(root / "manifest.json"), str(out)], capture_output=True, text=True, cwd=REPO
+        [sys.executable, "-c", FRESH, str(root / "manifest.json"), str(out)], capture_output=True, text=True, cwd=repo
     )
     assert done.returncode == 0, done.stderr
     return json.loads(out.read_text())
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory, request) -> Lab:
+def lab(tmp_path_factory, request, make, quiet_trainer, tiny_data, randomize_bn, repo) -> Lab:
     selected = {
         item.callspec.params["name"]
         for item in request.session.items
         if item.module is sys.modules[__name__] and "name" in getattr(getattr(item, "callspec", None), "params", {})
     }
-    return Lab(tmp_path_factory.mktemp("persistence"), [n for n in NETWORKS if n in selected])
+    fixtures = {"make": make, "quiet_trainer": quiet_trainer, "tiny_data": tiny_data, "randomize_bn": randomize_bn}
+    networks = [n for n in NETWORKS if n in selected]
+    return Lab(tmp_path_factory.mktemp("persistence"), networks, {**fixtures, "repo": repo})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -265,7 +277,7 @@ def lab(tmp_path_factory, request) -> Lab:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_save_pruned_reloads_in_a_fresh_process_with_equal_outputs(lab, name):
+def test_save_pruned_reloads_in_a_fresh_process_with_equal_outputs(lab, name, make):
     payload = torch.load(lab.saved(name)["file"], weights_only=True)  # pickle-free: plain data and tensors only
     assert payload["arch"] == make(name).net.sss_arch
     assert lab.fresh(name, "save_pruned") == "ok"
@@ -302,6 +314,7 @@ def test_resume_from_a_post_shrink_checkpoint_ends_with_the_uninterrupted_runs_w
         torch.testing.assert_close(resumed[key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
+@pytest.mark.slow  # the ONNX export and onnxruntime check: over 10 s for each network
 @pytest.mark.parametrize("name", NAMES)
 def test_pruned_file_exports_to_onnx_with_equal_outputs(lab, name, tmp_path):
     run = lab.run(name)
@@ -314,7 +327,7 @@ def test_pruned_file_exports_to_onnx_with_equal_outputs(lab, name, tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 
-def test_checkpoints_and_pruned_files_hold_the_same_description_of_a_shrunk_network(lab):
+def test_checkpoints_and_pruned_files_hold_the_same_description_of_a_shrunk_network(lab, make):
     run = lab.run("subclass")
     ckpt = torch.load(run.root / "a" / "ckpt" / "epoch=1-step=4.ckpt", weights_only=False)
     in_checkpoint = ckpt["state_dict"]["_extra_state"]["architecture"]
@@ -325,7 +338,7 @@ def test_checkpoints_and_pruned_files_hold_the_same_description_of_a_shrunk_netw
     assert in_checkpoint["arch"] == in_file["arch"] == make("subclass").net.sss_arch
 
 
-def test_a_checkpoint_loads_into_a_module_whose_network_was_already_reshaped(lab):
+def test_a_checkpoint_loads_into_a_module_whose_network_was_already_reshaped(lab, make):
     """As ``trainer.test(ckpt_path="best")`` does after a fit that shrank or pruned the network."""
     run = lab.run("user_class")
     module = make("user_class")
@@ -344,8 +357,8 @@ def test_a_checkpoint_loads_into_a_module_whose_network_was_already_reshaped(lab
 # --------------------------------------------------------------------------------------------------
 
 
-def test_prune_keeps_the_class_and_record_of_a_sequential_subclass():
-    vgg = build_model("vgg11", width_mult=0.125, num_classes=3)
+def test_prune_keeps_the_class_and_record_of_a_sequential_subclass(tiny_model):
+    vgg = tiny_model("vgg11", num_classes=3)
     random_gate_pattern(vgg, 0.5, seed=0)
     for fold in (True, False):
         pruned = prune(vgg, fold_gates=fold)
@@ -388,8 +401,8 @@ def test_add_gates_records_the_torchvision_builder_without_its_weights():
         add_gates("resnet1000")
 
 
-def test_add_gates_extends_the_record_of_a_recorded_model(tmp_path):
-    net = add_gates(build_model("resnet20", gates="none", width=4, num_classes=3), ["block", "channel"])
+def test_add_gates_extends_the_record_of_a_recorded_model(tmp_path, tiny_model):
+    net = add_gates(tiny_model("resnet20", gates="none", num_classes=3), ["block", "channel"])
     assert net.sss_arch["kwargs"]["base"]["name"] == "resnet20"
     random_gate_pattern(net, 0.5, seed=0)
     pruned = prune(net).eval()
@@ -454,7 +467,9 @@ rebuildable(InMain)
     ],
     ids=["inline-sequential", "undecorated-subclass", "local-class", "main-class", "non-plain-argument", "add-gates"],
 )
-def test_networks_that_cannot_be_rebuilt_are_refused_before_training_with_the_fix(tmp_path, net, message):
+def test_networks_that_cannot_be_rebuilt_are_refused_before_training_with_the_fix(
+    tmp_path, net, message, quiet_trainer, tiny_data
+):
     started = []
 
     class Started(L.Callback):
@@ -470,7 +485,7 @@ def test_networks_that_cannot_be_rebuilt_are_refused_before_training_with_the_fi
         save_pruned(prune(net()), tmp_path / "m.pt")
 
 
-def test_surgery_without_a_file_needs_no_record(tmp_path):
+def test_surgery_without_a_file_needs_no_record(tmp_path, quiet_trainer, tiny_data):
     net = head()
     with torch.no_grad():
         net[2].scale[::2] = 0
@@ -483,7 +498,9 @@ def test_surgery_without_a_file_needs_no_record(tmp_path):
     assert not list(iter_gates(module.net)) and module.net[0].out_channels == 2
 
 
-def test_checkpoints_after_shrink_and_surgery_of_an_unrecorded_network_reload_into_it(tmp_path):
+def test_checkpoints_after_shrink_and_surgery_of_an_unrecorded_network_reload_into_it(
+    tmp_path, quiet_trainer, tiny_data
+):
     """Checkpoints need no construction record: the reshaping is recorded against the network as built, so
     the module built again with the same ``net=`` takes it (before: size mismatch, then Missing key scale)."""
 

@@ -20,6 +20,7 @@ from sss_lightning.optim import APG
 from sss_lightning.surgery import prune
 
 from .input_size import check_input_size, require_input_size
+from .protocols import SettleableModule, check_module
 
 
 @contextmanager
@@ -121,6 +122,11 @@ class MacsBudget(Callback):
         return self.target_macs * self.full_macs
 
     @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            check_module(pl_module, SettleableModule, "MacsBudget")
+
+    @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.max_epochs is not None and 0 <= trainer.max_epochs < self.by_epoch:
             raise ValueError(
@@ -130,8 +136,7 @@ class MacsBudget(Callback):
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if hasattr(pl_module, "settled_by"):  # the budget's deadline fixes the structure, not the module's settle_at
-            pl_module.settled_by = "MacsBudget"
+        pl_module.settled_by = "MacsBudget"  # the budget's deadline fixes the structure, not the module's settle_at
         size = require_input_size(self.input_size, pl_module, "MacsBudget")
         self._estimator = MacEstimator(pl_module.net, size)
         if self.result is not None:

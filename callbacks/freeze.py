@@ -14,6 +14,7 @@ from sss_lightning.gates import iter_gates
 from sss_lightning.surgery import prune
 
 from .input_size import check_input_size, require_input_size
+from .protocols import SettleableModule, check_module
 
 
 class FreezeGates(Callback):
@@ -63,11 +64,8 @@ class FreezeGates(Callback):
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not callable(getattr(pl_module, "settle", None)):
-            raise TypeError(
-                f"FreezeGates freezes the gates through the module's settle(), which {type(pl_module).__name__} "
-                "lacks; use an SSSModule (or a subclass)"
-            )
+        if stage == "fit":
+            check_module(pl_module, SettleableModule, "FreezeGates")
 
     @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

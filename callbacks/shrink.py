@@ -12,6 +12,8 @@ from typing_extensions import override
 from sss_lightning.gate_groups import structure_fixed
 from sss_lightning.gates import iter_gates
 
+from .protocols import ShrinkableModule, check_module
+
 
 class InTrainingShrink(Callback):
     """At the start of an epoch, replace the network by its sliced form (:meth:`SSSModule.shrink`): zero
@@ -44,8 +46,8 @@ class InTrainingShrink(Callback):
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not callable(getattr(pl_module, "shrink", None)):
-            raise TypeError(f"InTrainingShrink needs an SSSModule (with .shrink()), got {type(pl_module).__name__}")
+        if stage == "fit":
+            check_module(pl_module, ShrinkableModule, "InTrainingShrink")
 
     def _due(self, pl_module: L.LightningModule, epoch: int) -> bool:
         gates = [info.module.scale for info in iter_gates(pl_module.net)]

@@ -9,7 +9,15 @@ import torch
 from torch import nn
 
 from sss_lightning import SSSClassifier
-from sss_lightning.callbacks import GateMonitor, MagnitudePruning, PruningSnapshot, StructuralSurgery
+from sss_lightning.callbacks import (
+    FreezeGates,
+    GateMonitor,
+    InTrainingShrink,
+    MacsBudget,
+    MagnitudePruning,
+    PruningSnapshot,
+    StructuralSurgery,
+)
 from sss_lightning.callbacks.protocols import (
     FineTunableModule,
     GatedModule,
@@ -83,6 +91,9 @@ CALLBACKS = {
     "GateMonitor": lambda: GateMonitor(),
     "StructuralSurgery": lambda: StructuralSurgery(),
     "MagnitudePruning": lambda: MagnitudePruning("bn_scale", amount=0.5),
+    "FreezeGates": lambda: FreezeGates(patience=1),
+    "MacsBudget": lambda: MacsBudget(0.5, by_epoch=1),
+    "InTrainingShrink": lambda: InTrainingShrink(epochs=[2]),
 }
 
 
@@ -100,6 +111,9 @@ def test_a_module_without_net_is_refused_at_setup_with_the_fix(name, tmp_path):
         (GateMonitor(), "shrunk_gates"),
         (StructuralSurgery(), "reshaped"),
         (MagnitudePruning("filter_l1", amount=0.3), "reshaped"),
+        (FreezeGates(patience=1), "settled_by"),
+        (MacsBudget(0.5, by_epoch=1), "settled_by"),
+        (InTrainingShrink(epochs=[2]), "shrink"),
     ],
 )
 def test_a_module_with_only_net_is_refused_naming_the_first_missing_member(callback, missing, tmp_path):

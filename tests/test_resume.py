@@ -5,23 +5,20 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from sss_lightning import SSSClassifier
 from sss_lightning.callbacks import FreezeGates, GateMonitor, PruningSnapshot
-from sss_lightning.data import SyntheticDataModule
-from tests.helpers import quiet_trainer
 
 pytestmark = pytest.mark.slow
 
 
-def make() -> SSSClassifier:
-    torch.manual_seed(0)
-    return SSSClassifier(
-        arch="resnet20", num_classes=4, gates="both", arch_kwargs={"width": 4}, gamma=0.3, schedule="cosine"
-    )
+@pytest.fixture(scope="session")
+def make(tiny_classifier):
+    """make(): the tiny classifier (gamma 0.3, cosine schedule), built from seed 0."""
 
+    def make():
+        torch.manual_seed(0)
+        return tiny_classifier(gamma=0.3, schedule="cosine")
 
-def data() -> SyntheticDataModule:
-    return SyntheticDataModule(num_classes=4, image_size=8, train_size=64, batch_size=16)  # 4 batches an epoch
+    return make
 
 
 class Kill(L.Callback):
@@ -35,31 +32,43 @@ class Kill(L.Callback):
             raise RuntimeError("killed")
 
 
-def fit(root, callbacks, ckpt_path=None, kill=None):
-    """A 4-epoch run with an epoch-end last.ckpt; ``kill`` raises at that step, as a crash would."""
-    ckpt = ModelCheckpoint(dirpath=root / "ckpt", save_last=True, enable_version_counter=False)
-    kills = [Kill(kill)] if kill is not None else []
-    trainer = quiet_trainer(root, [*callbacks, ckpt, *kills], max_epochs=4, enable_checkpointing=True)
-    module = make()
-    L.seed_everything(0)
-    try:
-        trainer.fit(module, datamodule=data(), ckpt_path=ckpt_path)
-    except RuntimeError as err:
-        assert "killed" in str(err)
-    return module, trainer
+@pytest.fixture(scope="session")
+def fit(make, quiet_trainer, tiny_data):
+    """fit(root, callbacks, ckpt_path=None, kill=None): (module, trainer) of a 4-epoch run on tiny_data (4 batches
+    an epoch) with an epoch-end last.ckpt; ``kill`` raises at that step, as a crash would."""
+
+    def fit(root, callbacks, ckpt_path=None, kill=None):
+        ckpt = ModelCheckpoint(dirpath=root / "ckpt", save_last=True, enable_version_counter=False)
+        kills = [Kill(kill)] if kill is not None else []
+        trainer = quiet_trainer(root, [*callbacks, ckpt, *kills], max_epochs=4, enable_checkpointing=True)
+        module = make()
+        L.seed_everything(0)
+        try:
+            trainer.fit(module, datamodule=tiny_data(), ckpt_path=ckpt_path)
+        except RuntimeError as err:
+            assert "killed" in str(err)
+        return module, trainer
+
+    return fit
 
 
-def run(root, ckpt_path=None, kill=None):
-    monitor, snapshot, freeze = cbs = [
-        GateMonitor(log_every_n_steps=2, plots=False),
-        PruningSnapshot(),
-        FreezeGates(patience=2),
-    ]
-    module, trainer = fit(root, cbs, ckpt_path, kill)
-    return module, trainer, monitor, snapshot, freeze
+@pytest.fixture(scope="session")
+def run(fit):
+    """run(root, ckpt_path=None, kill=None): fit with a gate monitor, snapshots and FreezeGates(patience=2)."""
+
+    def run(root, ckpt_path=None, kill=None):
+        monitor, snapshot, freeze = cbs = [
+            GateMonitor(log_every_n_steps=2, plots=False),
+            PruningSnapshot(),
+            FreezeGates(patience=2),
+        ]
+        module, trainer = fit(root, cbs, ckpt_path, kill)
+        return module, trainer, monitor, snapshot, freeze
+
+    return run
 
 
-def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(tmp_path):
+def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(tmp_path, run):
     whole, whole_trainer, whole_monitor, whole_snapshot, whole_freeze = run(tmp_path / "whole")
     run(tmp_path / "cut", kill=9)  # dies in epoch 3; last.ckpt is from the end of epoch 2 (step 8)
     resumed, trainer, monitor, snapshot, freeze = run(
@@ -79,7 +88,7 @@ def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(tmp_path):
     assert freeze.frozen_at == whole_freeze.frozen_at
 
 
-def test_resume_during_finetuning_rebuilds_the_pruned_network_and_its_optimizer(tmp_path):
+def test_resume_during_finetuning_rebuilds_the_pruned_network_and_its_optimizer(tmp_path, fit):
     from sss_lightning.callbacks import StructuralSurgery
     from sss_lightning.gates import iter_gates
 
@@ -98,20 +107,22 @@ def test_resume_during_finetuning_rebuilds_the_pruned_network_and_its_optimizer(
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_resume_from_a_mid_epoch_checkpoint_skips_the_batches_already_trained_on(tmp_path):
+def test_resume_from_a_mid_epoch_checkpoint_skips_the_batches_already_trained_on(tmp_path, make, tiny_data):
     kw = dict(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False)
     L.seed_everything(0)
     whole = make()
-    L.Trainer(default_root_dir=tmp_path / "whole", enable_checkpointing=False, **kw).fit(whole, datamodule=data())
+    L.Trainer(default_root_dir=tmp_path / "whole", enable_checkpointing=False, **kw).fit(whole, datamodule=tiny_data())
 
     L.seed_everything(0)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=6, save_top_k=-1)
     with pytest.raises(RuntimeError, match="killed"):  # step 6 is half-way through epoch 2 (4 batches each)
-        L.Trainer(default_root_dir=tmp_path / "cut", callbacks=[ckpt, Kill(7)], **kw).fit(make(), datamodule=data())
+        L.Trainer(default_root_dir=tmp_path / "cut", callbacks=[ckpt, Kill(7)], **kw).fit(
+            make(), datamodule=tiny_data()
+        )
     L.seed_everything(0)
     resumed = make()
     trainer = L.Trainer(default_root_dir=tmp_path / "cut", enable_checkpointing=False, **kw)
-    trainer.fit(resumed, datamodule=data(), ckpt_path=tmp_path / "ckpt" / "epoch=1-step=6.ckpt")
+    trainer.fit(resumed, datamodule=tiny_data(), ckpt_path=tmp_path / "ckpt" / "epoch=1-step=6.ckpt")
     assert trainer.global_step == 12
     for (name, a), b in zip(whole.net.state_dict().items(), resumed.net.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)

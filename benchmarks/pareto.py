@@ -274,10 +274,16 @@ def _ci(entry: dict[str, float] | None) -> str:
     return f"{entry['mean']:+.2f} ± {entry['half_width']:.2f}"
 
 
+def _steps(args) -> str:
+    """The optimizer steps the runs recorded (an epoch's last partial batch is dropped), else the plan."""
+    recorded = sorted(set(getattr(args, "recorded_steps", [])))
+    return " / ".join(map(str, recorded)) if recorded else str(args.epochs * args.batches_per_epoch)
+
+
 def report(rows: list[dict], cmps: list[dict], args) -> str:
     lines = [
         f"{args.arch} on {args.dataset}: {args.epochs} epochs x {args.batches_per_epoch} batches of 128 "
-        f"({args.epochs * args.batches_per_epoch} steps for every method), cosine LR from {args.lr}, seeds "
+        f"({_steps(args)} optimizer steps for every method), cosine LR from {args.lr}, seeds "
         f"{args.seeds} paired (same initialisation and data order per seed). SSS: one pass, surgery at the end; "
         f"budget / TP pruners fix the structure after epoch {args.epochs - args.finetune_epochs}. Accuracy on the "
         "10k test split, mean (std) over seeds.",
@@ -336,7 +342,7 @@ def plot(rows: list[dict], args, path: Path) -> None:
     ax.set(
         xlabel="MACs / unpruned network",
         ylabel="test accuracy",
-        title=f"{args.arch} on {args.dataset}: {args.epochs * args.batches_per_epoch} steps, {len(args.seeds)} seeds",
+        title=f"{args.arch} on {args.dataset}: {_steps(args)} steps, seeds {args.seeds}",
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -403,6 +409,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             parser.error(f"no finished run of these settings in {log.path}; run without --report_only first")
         print("[pareto] nothing to report: every requested run was skipped", flush=True)
         return []
+    args.recorded_steps = [r["steps"] for r in current if "steps" in r]
     rows = summarize(current)
     cmps = comparisons(current)
     out = write_report(args.out, report(rows, cmps, args), {"summary": rows, "comparisons": cmps, "runs": current})

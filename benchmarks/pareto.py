@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--seeds", type=list[int], default=[0, 1, 2])
     parser.add_argument("--methods", type=list[str], default=list(METHODS), help=f"a subset of {METHODS}")
-    parser.add_argument("--gammas", type=list[float], default=[0.006, 0.012], help="SSS points")
+    parser.add_argument("--gammas", type=list[float], default=[0.005, 0.009], help="SSS points")
     parser.add_argument("--budgets", type=list[float], default=[0.4], help="SSS + MacsBudget targets")
     parser.add_argument("--budget_gamma", type=float, default=0.01, help="SSS + MacsBudget's starting gamma")
     parser.add_argument("--widths", type=list[int], default=[13, 10, 7], help="uniform widths (16 = unpruned)")

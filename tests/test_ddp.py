@@ -7,11 +7,9 @@ import lightning as L
 import pytest
 import torch
 
-from sss_lightning import SSSClassifier, load_pruned
+from sss_lightning import load_pruned
 from sss_lightning.callbacks import GateMonitor, PruningSnapshot, StructuralSurgery
-from sss_lightning.data import SyntheticDataModule
 from sss_lightning.gates import gate_parameters
-from tests.helpers import quiet_trainer
 
 pytestmark = pytest.mark.slow
 
@@ -36,11 +34,9 @@ class GateHashes(L.Callback):
                 json.dump({"hashes": gathered, "zeros": zeros, "world_size": trainer.world_size}, f)
 
 
-def test_ddp_ranks_agree_on_gates_and_pruned_architecture(tmp_path):
+def test_ddp_ranks_agree_on_gates_and_pruned_architecture(tmp_path, tiny_classifier, quiet_trainer, tiny_data):
     torch.manual_seed(0)
-    module = SSSClassifier(
-        arch="resnet20", num_classes=4, gates="both", arch_kwargs={"width": 4}, gamma=0.5, schedule="constant"
-    )
+    module = tiny_classifier(gamma=0.5, schedule="constant")
     with torch.no_grad():
         module.net.layer1[0].gate.scale.zero_()  # a zero block gate from the start: no unused-parameter error
     trainer = quiet_trainer(
@@ -56,7 +52,7 @@ def test_ddp_ranks_agree_on_gates_and_pruned_architecture(tmp_path):
             StructuralSurgery(),
         ],
     )
-    trainer.fit(module, datamodule=SyntheticDataModule(num_classes=4, image_size=8, train_size=64, batch_size=8))
+    trainer.fit(module, datamodule=tiny_data(batch_size=8))
     result = json.loads((tmp_path / "hashes.json").read_text())
     assert result["world_size"] == 2 and len(set(result["hashes"])) == 1 and len(result["hashes"]) == 2
     assert result["zeros"] > 1
@@ -85,14 +81,14 @@ class SaveNet(L.Callback):
             torch.save({"net": pl_module.net, "param_sums": gathered}, self.out)
 
 
-def test_ddp_in_training_shrink_trains_like_the_full_width_network(tmp_path):
+def test_ddp_in_training_shrink_trains_like_the_full_width_network(tmp_path, tiny_classifier, quiet_trainer, tiny_data):
     from sss_lightning.callbacks import InTrainingShrink
     from sss_lightning.gates import random_gate_pattern
 
     results = {}
     for name, callbacks in (("full", []), ("shrunk", [InTrainingShrink(when_frozen=False, epochs=[2])])):
         torch.manual_seed(0)
-        module = SSSClassifier(arch="resnet20", num_classes=4, gates="both", arch_kwargs={"width": 4}, gamma=0.1)
+        module = tiny_classifier(gamma=0.1)
         random_gate_pattern(module.net, 0.5, seed=0)
         for p in gate_parameters(module.net):
             p.requires_grad_(False)  # a fixed structure: the shrunk run must follow the full one exactly
@@ -106,7 +102,7 @@ def test_ddp_in_training_shrink_trains_like_the_full_width_network(tmp_path):
             max_epochs=3,
         )
         L.seed_everything(0)
-        trainer.fit(module, datamodule=SyntheticDataModule(num_classes=4, image_size=8, train_size=64, batch_size=8))
+        trainer.fit(module, datamodule=tiny_data(batch_size=8))
         results[name] = torch.load(out, weights_only=False)
 
     full, shrunk = results["full"]["net"].eval(), results["shrunk"]["net"].eval()

@@ -1,3 +1,4 @@
+import functools
 import subprocess
 import sys
 import time
@@ -6,28 +7,31 @@ import lightning as L
 import pytest
 import torch
 
-from sss_lightning import SSSClassifier, load_pruned
+from sss_lightning import load_pruned
 from sss_lightning.callbacks import FitSummary, FreezeGates, GateMonitor, PruningSnapshot, StructuralSurgery
-from sss_lightning.data import SyntheticDataModule
 from sss_lightning.gates import iter_gates
-from tests.conftest import read_offline_wandb_history
-from tests.helpers import quiet_trainer, tiny_data
 
 
-def tiny_classifier(**kwargs) -> SSSClassifier:
-    return SSSClassifier(
-        arch="resnet20", num_classes=4, gates="both", arch_kwargs={"width": 4}, schedule="constant", **kwargs
-    )
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_classifier):
+    """This file's tiny classifiers train at a constant learning rate."""
+    return functools.partial(tiny_classifier, schedule="constant")
 
 
-def run(module, tmp_path, callbacks, steps=20):
-    trainer = quiet_trainer(tmp_path, callbacks, max_steps=steps)
-    data = tiny_data(val_size=32)
-    trainer.fit(module, datamodule=data)
-    return trainer, data
+@pytest.fixture(scope="session")
+def run(quiet_trainer, tiny_data):
+    """run(module, tmp_path, callbacks, steps=20): a short fit on tiny_data with 32 validation images."""
+
+    def run(module, tmp_path, callbacks, steps=20):
+        trainer = quiet_trainer(tmp_path, callbacks, max_steps=steps)
+        data = tiny_data(val_size=32)
+        trainer.fit(module, datamodule=data)
+        return trainer, data
+
+    return run
 
 
-def test_structural_surgery_replaces_the_net_with_an_equal_smaller_one(tmp_path):
+def test_structural_surgery_replaces_the_net_with_an_equal_smaller_one(tmp_path, tiny_classifier, run):
     module = tiny_classifier(gamma=0.5)
     data_x = torch.randn(4, 3, 8, 8)
     surgery = StructuralSurgery()
@@ -50,7 +54,7 @@ def test_structural_surgery_replaces_the_net_with_an_equal_smaller_one(tmp_path)
     assert reloaded.sss_metadata["input_size"] == [3, 8, 8] and "val/acc" in reloaded.sss_metadata
 
 
-def test_summary_and_surgery_print_accuracy_sparsity_and_macs(tmp_path, caplog):
+def test_summary_and_surgery_print_accuracy_sparsity_and_macs(tmp_path, caplog, tiny_classifier, run):
     caplog.set_level("INFO")
     run(tiny_classifier(gamma=0.5), tmp_path, [FitSummary(), StructuralSurgery()])
     text = caplog.text
@@ -58,7 +62,7 @@ def test_summary_and_surgery_print_accuracy_sparsity_and_macs(tmp_path, caplog):
     assert "| MACs |" in text and "| params |" in text and "pruned model:" in text
 
 
-def test_no_zero_gate_is_reported_not_claimed_as_pruning(tmp_path):
+def test_no_zero_gate_is_reported_not_claimed_as_pruning(tmp_path, tiny_classifier, run):
     with pytest.warns(UserWarning, match=r"no gate reached exactly zero.*Smallest gates: .*=.*Raise gamma"):
         run(tiny_classifier(gamma=0.0), tmp_path, [StructuralSurgery()], steps=2)
 
@@ -76,7 +80,7 @@ def test_structural_surgery_arguments_are_validated(kwargs, message):
         StructuralSurgery(**kwargs)
 
 
-def test_surgery_state_survives_a_checkpoint_round_trip(tmp_path):
+def test_surgery_state_survives_a_checkpoint_round_trip(tmp_path, tiny_classifier, run):
     surgery = StructuralSurgery()
     run(tiny_classifier(gamma=0.5), tmp_path, [surgery])
     restored = StructuralSurgery()
@@ -90,7 +94,9 @@ def test_surgery_state_survives_a_checkpoint_round_trip(tmp_path):
 
 
 @pytest.mark.slow
-def test_gate_monitor_metrics_and_histograms_land_in_an_offline_wandb_run(tmp_path, monkeypatch):
+def test_gate_monitor_metrics_and_histograms_land_in_an_offline_wandb_run(
+    tmp_path, monkeypatch, tiny_classifier, quiet_trainer, tiny_data, read_offline_wandb_history
+):
     from lightning.pytorch.loggers import WandbLogger
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)  # no key, no network: must neither prompt nor hang
@@ -99,7 +105,7 @@ def test_gate_monitor_metrics_and_histograms_land_in_an_offline_wandb_run(tmp_pa
     trainer = quiet_trainer(tmp_path, [monitor], max_epochs=2, logger=logger, log_every_n_steps=1)
     trainer.fit(
         tiny_classifier(gamma=0.5),
-        datamodule=SyntheticDataModule(num_classes=4, image_size=8, train_size=64, val_size=16, batch_size=16),
+        datamodule=tiny_data(val_size=16),
     )
     import wandb
 
@@ -121,7 +127,7 @@ def test_gate_monitor_metrics_and_histograms_land_in_an_offline_wandb_run(tmp_pa
     )
 
 
-def test_gate_monitor_writes_png_plots_and_keeps_its_history_in_checkpoints(tmp_path):
+def test_gate_monitor_writes_png_plots_and_keeps_its_history_in_checkpoints(tmp_path, tiny_classifier, run):
     monitor = GateMonitor(log_every_n_steps=2)
     run(tiny_classifier(gamma=0.5), tmp_path, [monitor], steps=12)
     for name in ("sparsity.png", "gate_heatmap.png"):
@@ -135,7 +141,7 @@ def test_gate_monitor_writes_png_plots_and_keeps_its_history_in_checkpoints(tmp_
     assert restored.history == monitor.history
 
 
-def test_gate_monitor_macs_curve_matches_fvcore_on_the_pruned_network(tmp_path):
+def test_gate_monitor_macs_curve_matches_fvcore_on_the_pruned_network(tmp_path, tiny_classifier, run):
     from sss_lightning.flops import count_flops
     from sss_lightning.surgery import prune
 
@@ -180,7 +186,7 @@ def _states_equal(a, b) -> bool:
     return a == b
 
 
-def test_snapshot_leaves_live_model_and_optimizer_untouched_and_training_identical(tmp_path):
+def test_snapshot_leaves_live_model_and_optimizer_untouched_and_training_identical(tmp_path, tiny_classifier, run):
     store: dict = {}
     torch.manual_seed(0)
     with_snapshots = tiny_classifier(gamma=0.5)
@@ -200,7 +206,7 @@ def test_snapshot_leaves_live_model_and_optimizer_untouched_and_training_identic
     assert model.sss_metadata["epoch"] == 3 and "val/acc" in model.sss_metadata
 
 
-def test_snapshot_at_given_epochs_only(tmp_path):
+def test_snapshot_at_given_epochs_only(tmp_path, tiny_classifier, run):
     snapshot = PruningSnapshot(epochs=[2])
     run(tiny_classifier(gamma=0.5), tmp_path, [snapshot], steps=12)
     assert [row["epoch"] for row in snapshot.rows] == [2]
@@ -220,7 +226,9 @@ def test_snapshot_arguments_are_validated(kwargs, message):
 # ----------------------------------------------------------------------------------------------------
 
 
-def test_finetune_runs_the_last_epochs_on_the_pruned_net_with_a_fresh_optimizer(tmp_path):
+def test_finetune_runs_the_last_epochs_on_the_pruned_net_with_a_fresh_optimizer(
+    tmp_path, tiny_classifier, quiet_trainer, tiny_data
+):
     import copy
 
     seen: dict = {}
@@ -247,14 +255,12 @@ def test_finetune_runs_the_last_epochs_on_the_pruned_net_with_a_fresh_optimizer(
     assert load_pruned(tmp_path / "pruned.pt")(x).shape == (4, 4)
 
 
-def test_finetune_needs_more_epochs_than_it_takes(tmp_path):
+def test_finetune_needs_more_epochs_than_it_takes(tmp_path, tiny_classifier, tiny_data):
     with pytest.raises(ValueError, match="needs trainer.max_epochs greater than it"):
         trainer = L.Trainer(
             max_epochs=1, logger=False, enable_progress_bar=False, callbacks=[StructuralSurgery(finetune_epochs=1)]
         )
-        trainer.fit(
-            tiny_classifier(), datamodule=SyntheticDataModule(num_classes=4, image_size=8, train_size=32, batch_size=16)
-        )
+        trainer.fit(tiny_classifier(), datamodule=tiny_data(train_size=32))
 
 
 class ZeroSomeGates(L.Callback):
@@ -267,7 +273,9 @@ class ZeroSomeGates(L.Callback):
                 pl_module.net.layer2[0].branch[3].scale[::2] = 0
 
 
-def test_checkpoint_after_surgery_reloads_into_the_smaller_architecture(tmp_path):
+def test_checkpoint_after_surgery_reloads_into_the_smaller_architecture(
+    tmp_path, tiny_classifier, quiet_trainer, tiny_data
+):
     module = tiny_classifier(gamma=0.5)
     gated_params = sum(p.numel() for p in module.parameters())
     trainer = quiet_trainer(tmp_path, [ZeroSomeGates(), StructuralSurgery(finetune_epochs=1)], max_epochs=2)
@@ -287,7 +295,7 @@ def test_checkpoint_after_surgery_reloads_into_the_smaller_architecture(tmp_path
     assert sum(p.numel() for p in module.parameters()) < gated_params
 
 
-def test_freeze_gates_once_pattern_is_stable(tmp_path):
+def test_freeze_gates_once_pattern_is_stable(tmp_path, tiny_classifier, run):
     module = tiny_classifier(gamma=0.5)
     freeze = FreezeGates(patience=1)
     run(module, tmp_path, [freeze], steps=16)
@@ -295,7 +303,7 @@ def test_freeze_gates_once_pattern_is_stable(tmp_path):
     assert all(not info.module.scale.requires_grad for info in iter_gates(module.net))
 
 
-def test_freeze_gates_at_a_macs_budget(tmp_path):
+def test_freeze_gates_at_a_macs_budget(tmp_path, tiny_classifier, run):
     module = tiny_classifier(gamma=0.5)
     freeze = FreezeGates(patience=None, target_macs=0.999)
     run(module, tmp_path, [freeze], steps=12)
@@ -308,10 +316,12 @@ def test_freeze_gates_arguments_are_validated():
 
 
 @pytest.mark.slow
-def test_resumed_run_continues_snapshot_schedule_and_monitor_curves(tmp_path):
+def test_resumed_run_continues_snapshot_schedule_and_monitor_curves(
+    tmp_path, tiny_classifier, quiet_trainer, tiny_data
+):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    data = SyntheticDataModule(num_classes=4, image_size=8, train_size=64, batch_size=16)
+    data = tiny_data()
 
     def trainer_for(epochs, monitor, snapshot):
         ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, enable_version_counter=False)

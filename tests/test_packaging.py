@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-
 pytestmark = pytest.mark.slow
 
 SETUPTOOLS_MIN = (70, 1)
@@ -40,11 +38,11 @@ def _require_build_backend() -> None:
             )
 
 
-def _site_dirs() -> list[str]:
+def _site_dirs(repo: Path) -> list[str]:
     """Where the interpreter running the tests finds its packages: its ``sys.path`` minus the checkout's
     root (a venv's own site-packages, not its base's, even when that venv lives inside the checkout, as
     .ci/run's ``.venv-ci`` does; PYTHONPATH and ``.pth`` additions included)."""
-    repo = os.path.realpath(REPO)
+    repo = os.path.realpath(repo)
     keep = []
     for entry in sys.path:
         resolved = os.path.realpath(entry) if entry else ""
@@ -53,7 +51,7 @@ def _site_dirs() -> list[str]:
     return list(dict.fromkeys(keep))
 
 
-def _fresh_venv(env_dir) -> str:
+def _fresh_venv(env_dir: Path, repo: Path) -> str:
     """A venv without pip or system site-packages that sees this environment's packages after its own.
 
     The folders go in as plain ``.pth`` lines: appended to ``sys.path`` after the venv's own site-packages
@@ -65,11 +63,11 @@ def _fresh_venv(env_dir) -> str:
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
-    (Path(purelib) / "outer-environment.pth").write_text("\n".join(_site_dirs()) + "\n")
+    (Path(purelib) / "outer-environment.pth").write_text("\n".join(_site_dirs(repo)) + "\n")
     return str(python)
 
 
-def _pip_install(python: str, *args: str) -> None:
+def _pip_install(python: str, repo: Path, *args: str) -> None:
     """This interpreter's pip installs into the venv at ``python`` and builds with the setuptools the venv
     sees (this environment's, see ``_fresh_venv``), so the test needs no network."""
     _require_build_backend()
@@ -87,11 +85,11 @@ def _pip_install(python: str, *args: str) -> None:
             *args,
         ],
         check=True,
-        cwd=REPO,
+        cwd=repo,
     )
 
 
-def test_wheel_installs_top_level_callbacks_as_subpackage(tmp_path):
+def test_wheel_installs_top_level_callbacks_as_subpackage(tmp_path, repo):
     _require_build_backend()
     subprocess.run(
         [
@@ -104,7 +102,7 @@ def test_wheel_installs_top_level_callbacks_as_subpackage(tmp_path):
             "--no-build-isolation",
             "-w",
             str(tmp_path),
-            str(REPO),
+            str(repo),
         ],
         check=True,
     )
@@ -118,10 +116,10 @@ def test_wheel_installs_top_level_callbacks_as_subpackage(tmp_path):
 
 
 @pytest.mark.parametrize("editable", [False, True], ids=["install", "editable"])
-def test_fresh_venv_imports_callbacks(tmp_path, editable):
+def test_fresh_venv_imports_callbacks(tmp_path, editable, repo):
     env_dir = tmp_path / "venv"
-    python = _fresh_venv(env_dir)
-    _pip_install(python, *(["-e"] if editable else []), str(REPO))
+    python = _fresh_venv(env_dir, repo)
+    _pip_install(python, repo, *(["-e"] if editable else []), str(repo))
     probe = (
         "import sss_lightning.callbacks as c, sss_lightning, sys; "
         "print(c.FitSummary.__module__); print(sss_lightning.callbacks.__file__)"
@@ -129,6 +127,6 @@ def test_fresh_venv_imports_callbacks(tmp_path, editable):
     out = subprocess.run([python, "-c", probe], capture_output=True, text=True, check=True, cwd=tmp_path).stdout
     module, path = out.split()
     assert module == "sss_lightning.callbacks.summary"
-    expected_root = str(REPO / "callbacks") if editable else str(env_dir)
+    expected_root = str(repo / "callbacks") if editable else str(env_dir)
     assert path.startswith(expected_root), path
     assert (env_dir / "bin" / "sss-lightning").exists()

@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from sss_lightning.cli import SSSLightningCLI, main
-from tests.conftest import REPO
 
+REPO = Path(__file__).resolve().parents[1]  # the checkout
 EXPERIMENTS = REPO / "experiments"
 
 

@@ -1,11 +1,11 @@
 """The Python examples of the README and the docs run as written, and the tests the docs name exist."""
 
 import re
+from pathlib import Path
 
 import torch
 
-from tests.conftest import REPO
-
+REPO = Path(__file__).resolve().parents[1]  # the checkout
 DOCS = REPO / "docs"
 
 

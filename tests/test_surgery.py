@@ -13,16 +13,6 @@ from sss_lightning.models import GatedResidual, default_input_size, list_models
 from sss_lightning.surgery import SurgeryError, prune
 
 
-def __getattr__(name: str):
-    """tests/test_readme.py (another owner's) still imports assert_same_outputs and randomize_bn from here:
-    drop this when it asks for those fixtures of tests/conftest.py instead, as the tests below do."""
-    if name in ("assert_same_outputs", "randomize_bn"):
-        import tests.conftest
-
-        return getattr(tests.conftest, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 @pytest.mark.slow  # 60 examples: over 10 s (--durations=0)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(

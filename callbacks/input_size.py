@@ -4,19 +4,12 @@ its first training batch)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import lightning as L
 import torch
 
+from sss_lightning.recipe import check_input_size
 
-def check_input_size(input_size: Sequence[int] | None) -> list[int] | None:
-    """Validate a user-given ``(C, H, W)`` at construction time."""
-    if input_size is None:
-        return None
-    if len(input_size) != 3 or any(isinstance(s, bool) or int(s) < 1 for s in input_size):
-        raise ValueError(f"input_size must be (C, H, W) with positive sizes, got {input_size!r}")
-    return [int(s) for s in input_size]
+__all__ = ["check_input_size", "find_input_size", "require_input_size"]
 
 
 def find_input_size(explicit: list[int] | None, pl_module: L.LightningModule) -> list[int] | None:

@@ -20,6 +20,7 @@ from sss_lightning.optim import APG
 from sss_lightning.surgery import prune
 
 from .input_size import check_input_size, require_input_size
+from .legacy_key import ClassNamedLegacyKey
 from .protocols import SettleableModule, check_module
 
 
@@ -35,7 +36,7 @@ def _gates_restored(net: torch.nn.Module) -> Iterator[None]:
                 p.copy_(value)
 
 
-class MacsBudget(Callback):
+class MacsBudget(ClassNamedLegacyKey, Callback):
     """Hit a MACs budget in one run: a controller scales every gate group's ``gamma`` so that the network
     surgery would produce costs ``target_macs``, and at the end of epoch ``by_epoch`` the structure is
     fixed there and its gates frozen (the remaining epochs train the weights; add

@@ -14,10 +14,11 @@ from sss_lightning.gates import iter_gates
 from sss_lightning.surgery import prune
 
 from .input_size import check_input_size, require_input_size
+from .legacy_key import ClassNamedLegacyKey
 from .protocols import SettleableModule, check_module
 
 
-class FreezeGates(Callback):
+class FreezeGates(ClassNamedLegacyKey, Callback):
     """Freeze every gate (the module's :meth:`~sss_lightning.module.SSSModule.settle`: its gate groups are
     frozen and take no gradient) at the end of an epoch when
 

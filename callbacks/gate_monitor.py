@@ -18,6 +18,7 @@ from sss_lightning.stability import ZeroSetTracker
 from sss_lightning.surgery import prune
 
 from .input_size import check_input_size, find_input_size
+from .legacy_key import ClassNamedLegacyKey
 from .protocols import ShrinkAwareModule, check_module
 
 
@@ -36,7 +37,7 @@ def gate_stats(net: torch.nn.Module) -> dict[str, float]:
     return stats
 
 
-class GateMonitor(Callback):
+class GateMonitor(ClassNamedLegacyKey, Callback):
     """Logs what SSS is selecting, to any Lightning logger, and draws it as PNGs for people without W&B.
 
     Every ``log_every_n_steps`` optimizer steps: the fraction of exactly-zero gates per kind, per stage and
@@ -97,12 +98,6 @@ class GateMonitor(Callback):
         return self._generate_state_key(
             log_every_n_steps=self.log_every_n_steps, dirpath=self.dirpath, stable_window=self.stable_window
         )
-
-    @property
-    @override
-    def _legacy_state_key(self) -> Any:
-        """The key of checkpoints written before :attr:`state_key` had arguments: resumes from them keep the curves."""
-        return type(self).__qualname__
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

@@ -12,10 +12,11 @@ from typing_extensions import override
 from sss_lightning.gate_groups import structure_fixed
 from sss_lightning.gates import iter_gates
 
+from .legacy_key import ClassNamedLegacyKey
 from .protocols import ShrinkableModule, check_module
 
 
-class InTrainingShrink(Callback):
+class InTrainingShrink(ClassNamedLegacyKey, Callback):
     """At the start of an epoch, replace the network by its sliced form (:meth:`SSSModule.shrink`): zero
     structures are removed, surviving gates stay, and the optimizer is rebuilt over the surviving
     parameters with their momentum, group settings and LR-schedule position, so the loss continues from

@@ -15,10 +15,11 @@ from sss_lightning.io import rebuild_problem, save_pruned
 from sss_lightning.surgery import check_round_to, prune
 
 from .input_size import check_input_size, require_input_size
+from .legacy_key import ClassNamedLegacyKey
 from .protocols import GatedModule, check_module
 
 
-class PruningSnapshot(Callback):
+class PruningSnapshot(ClassNamedLegacyKey, Callback):
     """Every ``every_n_epochs`` epochs (or at the listed ``epochs``), save ``prune(net)`` to ``dirpath``.
 
     Surgery works on a deep copy, so the live network, its optimizer state and the training trajectory
@@ -63,12 +64,6 @@ class PruningSnapshot(Callback):
     @override
     def state_key(self) -> str:
         return self._generate_state_key(dirpath=self.dirpath, every_n_epochs=self.every_n_epochs, epochs=self.epochs)
-
-    @property
-    @override
-    def _legacy_state_key(self) -> Any:
-        """The key of checkpoints written before :attr:`state_key` had arguments: resumes from them keep the rows."""
-        return type(self).__qualname__
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

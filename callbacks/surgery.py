@@ -18,6 +18,7 @@ from sss_lightning.io import rebuild_problem, save_pruned
 from sss_lightning.surgery import check_round_to, prune
 
 from .input_size import check_input_size, require_input_size
+from .legacy_key import ClassNamedLegacyKey
 from .protocols import FineTunableModule, ReshapableModule, check_module
 
 
@@ -49,7 +50,7 @@ def _default_dirpath(trainer: L.Trainer) -> str:
     return log_dir or trainer.default_root_dir
 
 
-class StructuralSurgery(Callback):
+class StructuralSurgery(ClassNamedLegacyKey, Callback):
     """Replace ``pl_module.net`` by ``prune(pl_module.net)``, report and save it.
 
     Without fine-tuning, surgery runs when ``fit`` ends. With ``finetune_epochs=k`` it runs at the start
@@ -123,12 +124,6 @@ class StructuralSurgery(Callback):
             "finetune_epochs": self.finetune_epochs,
             "round_to": self.round_to,
         }
-
-    @property
-    @override
-    def _legacy_state_key(self) -> Any:
-        """The key of checkpoints written before :attr:`state_key` had arguments: resumes from them keep the state."""
-        return type(self).__qualname__
 
     def _input_size(self, pl_module: L.LightningModule) -> list[int]:
         return require_input_size(self.input_size, pl_module, type(self).__name__)

@@ -160,3 +160,18 @@ def test_two_gate_monitors_keep_their_own_curves_through_a_checkpoint_and_a_resu
 def test_two_gate_monitors_drawing_into_one_folder_are_refused_at_setup(tmp_path):
     with pytest.raises(ValueError, match=r"two GateMonitor callbacks draw their plots into .*own dirpath"):
         fit(tmp_path, [GateMonitor(log_every_n_steps=1), GateMonitor(log_every_n_steps=2)], max_epochs=1)
+
+
+def test_every_callback_with_an_argument_key_finds_checkpoints_keyed_by_its_class_name():
+    from sss_lightning.callbacks import FreezeGates, InTrainingShrink, MacsBudget, StructuralSurgery
+
+    for callback in (
+        PruningSnapshot(),
+        GateMonitor(plots=False),
+        StructuralSurgery(),
+        MacsBudget(0.5, by_epoch=1),
+        FreezeGates(patience=1),
+        InTrainingShrink(),
+    ):
+        assert callback.state_key != type(callback).__qualname__
+        assert callback._legacy_state_key == type(callback).__qualname__

@@ -15,6 +15,7 @@ from __future__ import annotations
 from ..records import (  # noqa: F401  (the private store and allow-list too, for code that reached them here)
     _INPUT_SIZES,
     _REGISTRY,
+    __all__,  # the same public names
     _may_build,
     build_from_record,
     build_model,
@@ -26,15 +27,3 @@ from ..records import (  # noqa: F401  (the private store and allow-list too, fo
     register_model,
     resolve_import_path,
 )
-
-__all__ = [
-    "register_model",
-    "build_model",
-    "list_models",
-    "default_input_size",
-    "rebuildable",
-    "import_path",
-    "resolve_import_path",
-    "build_from_record",
-    "record_problem",
-]

@@ -166,7 +166,11 @@ def format_comparison(
 ) -> str:
     """A Markdown table: MACs (total and per stage), params and any ``extra`` rows, before/after/ratio."""
     rows: list[tuple[str, float, float, bool]] = [("MACs", before.macs, after.macs, True)]
-    rows += [(f"  MACs {name}", before.stages[name], after.stages.get(name, 0), True) for name in before.stages]
+    rows += [
+        (f"  MACs {name}", before.stages[name], after.stages.get(name, 0), True)
+        for name in before.stages
+        if before.stages[name] or after.stages.get(name, 0)  # not a child without multiply-adds (gates)
+    ]
     rows.append(("params", before.params, after.params, True))
     rows += [(name, b, a, False) for name, (b, a) in (extra or {}).items()]
     lines = ["| | gated | pruned | pruned/gated |", "|---|---:|---:|---:|"]

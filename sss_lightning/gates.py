@@ -20,6 +20,7 @@ __all__ = [
     "ChannelGate",
     "GroupGate",
     "BlockGate",
+    "StreamGate",
     "GateInfo",
     "GATE_KINDS",
     "iter_gates",
@@ -121,7 +122,22 @@ class BlockGate(Gate):
         return x * self.scale
 
 
-GATE_KINDS: tuple[str, ...] = (ChannelGate.kind, GroupGate.kind, BlockGate.kind)
+class StreamGate(ChannelGate):
+    """One factor per channel of a residual stream: the channels a run of residual blocks shares.
+
+    A stream's channels are written by several layers (the layer before the first block, each block's
+    branch, a projection shortcut) and summed by the blocks' adds, so no single layer owns them. One
+    ``StreamGate`` instance sits after *every* layer whose output joins the stream: it scales the whole
+    stream, and a zero factor makes that channel zero everywhere in it, so surgery can cut the channel
+    from every writer and every reader at once (:mod:`sss_lightning.streams` says how a network
+    declares its readers). Where every reader is followed by a BN, a factor common to the whole gate
+    cancels, as for a channel gate before a conv and BN; gate rescaling handles both alike.
+    """
+
+    kind = "stream"
+
+
+GATE_KINDS: tuple[str, ...] = (ChannelGate.kind, GroupGate.kind, BlockGate.kind, StreamGate.kind)
 
 
 @dataclass(frozen=True)

@@ -66,9 +66,10 @@ def architecture_spec(pruned: nn.Module, base: nn.Module | None = None) -> dict[
             raise PrunedFileError(problem)
         with torch.random.fork_rng(devices=[]):  # a reference build must not move the caller's RNG
             base = build_from_record(arch)
-    reference = {path: _recipe(module) for path, module in base.named_modules()}
+    # every path of a module shared by several (a stream gate), so each is rebuilt where it sits
+    reference = {path: _recipe(module) for path, module in base.named_modules(remove_duplicate=False)}
     changed: dict[str, dict[str, Any]] = {}
-    for path, module in pruned.named_modules():
+    for path, module in pruned.named_modules(remove_duplicate=False):
         recipe = _recipe(module)
         if recipe != reference.get(path):
             if recorded_kind(recipe["type"]) is None:
@@ -87,6 +88,7 @@ def apply_spec(spec: dict[str, Any], base: nn.Module | None = None) -> nn.Module
     (weights of reshaped modules uninitialised: a state dict fills them). Leaves the global RNG alone."""
     with torch.random.fork_rng(devices=[]):  # its weights are overwritten; leave the caller's RNG alone
         model = build_from_record(spec["arch"]) if base is None else base
+        built: dict[int, nn.Module] = {}  # one module shared by several paths (a stream gate) stays shared
         for path, recipe in sorted(spec["modules"].items(), key=lambda item: item[0].count(".")):
             kind = recorded_kind(recipe["type"])
             if kind is None:
@@ -100,9 +102,12 @@ def apply_spec(spec: dict[str, Any], base: nn.Module | None = None) -> nn.Module
                 continue
             try:
                 model.get_submodule(path.rpartition(".")[0])
+                before = model.get_submodule(path)
             except AttributeError:
                 continue  # inside a branch removed above
-            model.set_submodule(path, kind.rebuild(fields))
+            if id(before) not in built:
+                built[id(before)] = kind.rebuild(fields)
+            model.set_submodule(path, built[id(before)])
     return model
 
 
@@ -248,8 +253,7 @@ def _check_payload(path: Path, payload: Any) -> None:
     for key, value in payload["state_dict"].items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise PrunedFileError(
-                f"{path}: state_dict entry {key!r} must map a string to a tensor, got {_type_name(value)}. "
-                f"{_RECREATE}"
+                f"{path}: state_dict entry {key!r} must map a string to a tensor, got {_type_name(value)}. {_RECREATE}"
             )
 
 

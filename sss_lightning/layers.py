@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import skip_init
 
-from .gates import ChannelGate, Gate, GroupGate
+from .gates import ChannelGate, Gate, GroupGate, StreamGate
 from .residual import GatedResidual
 
 __all__ = [
@@ -75,8 +75,9 @@ class LayerKind:
         consumer_problem: ``(layer) -> str | None``, why this instance cannot consume a gate's channels and
             what to do instead; ``None`` when it can.
         scale_in: ``(layer, scale) -> None``, multiplies its weights per input channel in place.
-        scale_out: ``(layer, factor) -> bool``, multiplies its output by a scalar in place by changing its
-            weights; False when this instance cannot (a BN without affine parameters).
+        scale_out: ``(layer, factor) -> bool``, multiplies its output in place by a scalar or by one factor
+            per output channel, by changing its weights; False when this instance cannot (a BN without
+            affine parameters).
         constant: ``(layer, value, where) -> value``, its output for a spatially constant input, given as a
             ``(1, C, 1, 1)`` map; ``None`` runs the layer on that map.
     Pruned files:
@@ -336,7 +337,8 @@ def _linear_scale_in(linear: nn.Linear, scale: Tensor) -> None:
 
 
 def _scale_weight_and_bias(layer: nn.Conv2d | nn.Linear, factor: Tensor) -> bool:
-    layer.weight.mul_(factor)
+    """Scale the output by ``factor``: one scalar, or one factor per output channel."""
+    layer.weight.mul_(factor.reshape(-1, *[1] * (layer.weight.dim() - 1)))
     if layer.bias is not None:
         layer.bias.mul_(factor)
     return True
@@ -487,6 +489,15 @@ register_layer(
         record=lambda m: {"n": m.num_structures},  # sliced by in-training shrink: fewer structures
         record_fields={"n": COUNT},
         rebuild=lambda fields: ChannelGate(fields["n"]),
+    ),
+)
+register_layer(
+    StreamGate,
+    LayerKind(
+        cut_out=_cut_gate,
+        record=lambda m: {"n": m.num_structures},
+        record_fields={"n": COUNT},
+        rebuild=lambda fields: StreamGate(fields["n"]),
     ),
 )
 register_layer(

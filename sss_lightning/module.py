@@ -26,6 +26,7 @@ from .gates import gate_parameters, has_gates, iter_gates, sparsity
 from .models.registry import build_model
 from .reshaping import NetworkReshaping
 from .shrink import rewrap_distributed
+from .streams import check_streams
 
 __all__ = ["SSSModule", "SSSClassifier", "load_sss_checkpoint", "network_of", "classification_step"]
 
@@ -115,6 +116,9 @@ class SSSModule(L.LightningModule):
                 "sss_lightning.gates.ChannelGate/GroupGate/BlockGate modules to it, or build a registry "
                 "model with gates='block', 'channel' or 'both'."
             )
+        self._streams_checked = self.example_input_array is not None
+        if self._streams_checked:  # a wrongly declared stream is an error now, not a wrong pruned network
+            check_streams(self.net, input_size)
         if freeze_gates:
             for p in gate_parameters(self.net):
                 p.requires_grad_(False)
@@ -144,6 +148,9 @@ class SSSModule(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         if self.example_input_array is None:  # one input's shape, for FLOPs counting and surgery reports
             self.example_input_array = torch.zeros_like(batch[0][:1], device="cpu")
+        if not self._streams_checked:
+            check_streams(self.net, self.example_input_array.shape[1:])
+            self._streams_checked = True
         loss = self._shared_step(batch, "train", self.train_acc)
         if not torch.isfinite(loss):
             raise FloatingPointError(

@@ -10,6 +10,9 @@ its input, and nothing but zero-preserving, positively homogeneous layers stand 
 proximal step's threshold then acts relative to the layer's largest gate, so a zero marks a channel
 that is small *compared with its layer*, and the zero set is the selection.
 
+A :class:`~sss_lightning.gates.StreamGate` is rescaled the same way against all of its stream's
+declared readers: dividing it by ``s`` divides the whole stream (identity paths included) by ``s``.
+
 Momentum state is moved with the parameters (divided by ``s`` for the gate, multiplied for the
 consumer), so the optimizer continues along the same trajectory in the new coordinates.
 """
@@ -22,7 +25,8 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from .gates import ChannelGate, GroupGate
+from .gates import ChannelGate, GroupGate, StreamGate
+from .streams import stream_owners
 from .surgery import SurgeryError, find_consumer
 
 __all__ = ["GatePair", "gate_pairs", "rescale_gates"]
@@ -32,11 +36,12 @@ _STATE_KEYS = ("momentum_buffer", "velocity")
 
 @dataclass(frozen=True)
 class GatePair:
-    """A channel/group gate and the conv/linear that consumes the channels it scales."""
+    """A channel/group/stream gate and the conv/linear layers that consume the channels it scales (one,
+    except for a stream gate: every reader of its stream)."""
 
     name: str
     gate: ChannelGate | GroupGate
-    consumer: nn.Conv2d | nn.Linear
+    consumers: tuple[nn.Module, ...]
 
 
 def gate_pairs(model: nn.Module) -> tuple[list[GatePair], list[str]]:
@@ -50,7 +55,7 @@ def gate_pairs(model: nn.Module) -> tuple[list[GatePair], list[str]]:
             continue
         layers = list(seq)
         for i, gate in enumerate(layers):
-            if not isinstance(gate, (ChannelGate, GroupGate)):
+            if not isinstance(gate, (ChannelGate, GroupGate)) or isinstance(gate, StreamGate):
                 continue
             name = f"{prefix}.{i}" if prefix else str(i)
             try:
@@ -58,7 +63,10 @@ def gate_pairs(model: nn.Module) -> tuple[list[GatePair], list[str]]:
             except SurgeryError:
                 unpaired.append(name)
                 continue
-            pairs.append(GatePair(name, gate, layers[j]))
+            pairs.append(GatePair(name, gate, (layers[j],)))
+    names = {id(m): n for n, m in model.named_modules()}
+    for owner in stream_owners(model):
+        pairs += [GatePair(names[id(s.gate)], s.gate, tuple(s.readers)) for s in owner.streams]
     paired = {id(p.gate) for p in pairs}
     unpaired += [n for n, m in model.named_modules() if isinstance(m, (ChannelGate, GroupGate)) and id(m) not in paired]
     return pairs, sorted(set(unpaired))
@@ -78,7 +86,7 @@ def rescale_gates(pairs: list[GatePair], optimizer: Optimizer | None = None) -> 
     for pair, s in zip(pairs, factors, strict=True):
         if s == 1.0:
             continue
-        for param, factor in ((pair.gate.scale, 1.0 / s), (pair.consumer.weight, s)):
+        for param, factor in ((pair.gate.scale, 1.0 / s), *((c.weight, s) for c in pair.consumers)):
             param.mul_(factor)
             for key in _STATE_KEYS:
                 buf = state.get(param, {}).get(key)

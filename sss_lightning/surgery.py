@@ -16,6 +16,10 @@ every architecture built from these two shapes:
   removes the branch (the block becomes its shortcut); a non-zero one is folded into the branch's last
   BN/conv. A branch whose inner channels are all cut becomes the constant it outputs.
 
+* a :class:`~sss_lightning.gates.StreamGate` (one instance after every writer of a residual stream,
+  its readers declared by ``sss_streams()``, see :mod:`sss_lightning.streams`): zero factors cut the
+  channel from every writer and every reader; non-zero ones are folded into each writer's last BN/conv.
+
 Which layers may stand where, and how each is cut, is the layer's entry in that table: a layer type it
 lacks is supported by :func:`~sss_lightning.layers.register_layer`. A module with another shape plugs in
 by defining ``sss_prune(self) -> nn.Module`` (it may call
@@ -41,9 +45,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .gates import Gate, GroupGate, iter_gates
+from .gates import Gate, GroupGate, StreamGate, iter_gates
 from .layers import SurgeryError, cut_batchnorm, cut_conv, cut_linear, layer_kind, scale_inputs
 from .residual import GatedResidual
+from .streams import StreamOwner, gate_positions, stream_owners
 
 __all__ = [
     "SurgeryError",
@@ -199,7 +204,7 @@ def prune_sequential(
     where = where or "nn.Sequential"
     layers = list(seq)
     for i, gate in enumerate(layers):
-        if not isinstance(gate, Gate):
+        if not isinstance(gate, Gate) or isinstance(gate, StreamGate):  # streams are cut by their owner
             continue
         here = f"{where}[{i}] ({type(gate).__name__})"
         channels = _producer_channels(layers, i)
@@ -227,6 +232,68 @@ def prune_sequential(
             if not keep.all():
                 layers[i], _ = layer_kind(gate).cut_out(gate, keep)
     return nn.Sequential(*layers)
+
+
+# --------------------------------------------------------------------------------------------------
+# Residual streams: one gate, many writers and readers
+# --------------------------------------------------------------------------------------------------
+
+
+def _fold_into_writer(layers: list[nn.Module], i: int, factor: Tensor, where: str) -> None:
+    """Multiply the output of the last affine layer before the gate at ``i`` by ``factor`` (per channel)."""
+    for k in range(i - 1, -1, -1):
+        kind = layer_kind(layers[k])
+        if kind.scale_out is not None:
+            with torch.no_grad():
+                if kind.scale_out(layers[k], factor):
+                    return
+        if kind.sign_sensitive and (factor < 0).any():
+            raise SurgeryError(
+                f"{where}: a negative stream gate cannot be folded across {type(layers[k]).__name__}; train gates "
+                "with nonnegative=True (the default for apg/ista)"
+            )
+        if not kind.homogeneous:
+            break
+    raise SurgeryError(
+        f"{where}: the stream gate can only be folded into an affine BN, conv or linear before it, with only "
+        "zero-preserving, positively homogeneous layers (ReLU, pooling) between"
+    )
+
+
+def _put_back(seq: nn.Sequential, layers: list[nn.Module]) -> None:
+    for key, layer in zip(list(seq._modules), layers, strict=True):
+        seq._modules[key] = layer
+
+
+def _prune_streams(owner: StreamOwner, opts: _Options) -> None:
+    """Cut every stream ``owner`` declares, in place (the owner is surgery's own copy)."""
+    for stream in owner.streams:
+        gate = stream.gate
+        where = f"{owner.path or 'model'} stream ({gate.num_structures} channels)"
+        scale = gate.scale.detach()
+        keep = scale != 0
+        if not keep.any():  # the narrowest stream left: one channel, zeroed by its gate (exact, minimal)
+            keep[0] = True
+        if opts.round_to > 1:
+            keep = _round_up(keep, gate.num_structures, opts.round_to)
+        readers = owner.reader_paths(stream)
+        replacement = nn.Identity() if opts.fold else (gate if keep.all() else layer_kind(gate).cut_out(gate, keep)[0])
+        for seq, i in gate_positions(owner.module, gate):
+            layers = list(seq)
+            here = f"{where}, writer before {type(seq).__name__}[{i}]"
+            if not keep.all():
+                _cut_producers(layers, i, keep, here)
+            if opts.fold:
+                _fold_into_writer(layers, i, scale[_index(keep.cpu())], here)
+            layers[i] = replacement
+            _put_back(seq, layers)
+        holders = [path for path, m in owner.module.named_modules(remove_duplicate=False) if m is gate]
+        for path in holders:  # the gate held elsewhere too (an attribute naming it)
+            owner.module.set_submodule(path, replacement)
+        if not keep.all():
+            for path in readers:
+                reader = owner.module.get_submodule(path)
+                owner.module.set_submodule(path, _cut_consumer(reader, keep, None, f"{where}, reader {path}"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -305,6 +372,8 @@ def _prune_module(module: nn.Module, where: str, opts: _Options) -> nn.Module:
         return _call_sss_prune(module, where, opts)
     if isinstance(module, GatedResidual):
         return _prune_residual(module, where or "model", opts)
+    if isinstance(module, StreamGate):
+        return module  # cut with its stream before the walk
     if isinstance(module, Gate):
         raise SurgeryError(
             f"the {type(module).__name__} at {where or 'model'} is not inside an nn.Sequential or GatedResidual, "
@@ -335,6 +404,7 @@ def prune(model: nn.Module, *, fold_gates: bool = True, round_to: int = 1) -> nn
     exact), which runtimes with blocked memory layouts run faster.
     """
     opts = _Options(fold=fold_gates, round_to=check_round_to(round_to))
+    stream_owners(model)  # every stream declared before any work
     if next(iter_gates(model), None) is None:
         if _already_pruned(model):
             return copy.deepcopy(model)  # prune is idempotent on its own output (and on loaded pruned files)
@@ -343,7 +413,10 @@ def prune(model: nn.Module, *, fold_gates: bool = True, round_to: int = 1) -> nn
             "nothing to prune. Build it with gates (build_model(name, gates='both')) or add them "
             "(sss_lightning.add_gates(model)), train it with SSSModule so that some reach zero, then prune"
         )
-    pruned = _prune_module(copy.deepcopy(model), "", opts)
+    pruned = copy.deepcopy(model)
+    for owner in stream_owners(pruned):  # first: a stream crosses the blocks the walk cuts one by one
+        _prune_streams(owner, opts)
+    pruned = _prune_module(pruned, "", opts)
     left = [info.name for info in iter_gates(pruned)]
     if left and fold_gates:
         raise SurgeryError(f"gates left after surgery at {left}; their owners' sss_prune() must remove them")

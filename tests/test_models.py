@@ -49,7 +49,7 @@ def test_unknown_model_name_lists_known_names():
     [
         ({"depth": 21}, "depth 21 does not fit basic blocks"),
         ({"depth": 32, "block": "bottleneck"}, "depth 32 does not fit bottleneck"),
-        ({"depth": 20, "gates": "all"}, "gates must be one of"),
+        ({"depth": 20, "gates": "every"}, "gates must be one of"),
         ({"depth": 20, "block": "wide"}, "block must be 'basic' or 'bottleneck'"),
         ({"depth": 20, "num_classes": 0}, "num_classes must be >= 1"),
     ],

@@ -1,7 +1,7 @@
 """The persistence contract: whatever trains can be pruned, saved, snapshotted, resumed after a shrink and
 reloaded in a fresh process with equal outputs, for every way of bringing a network.
 
-The matrix is {registry ResNet-20, VGG-11, ResNet-50, an SSSModule subclass with build_network, a user's
+The matrix is {registry ResNet-20, ResNet-20 with stream gates too, VGG-11, ResNet-50, an SSSModule subclass with build_network, a user's
 own @rebuildable nn.Module, a torchvision ResNet-18 gated by add_gates} x {save_pruned + fresh-process
 load, PruningSnapshot during fit, StructuralSurgery's file, resume from a post-shrink checkpoint, ONNX}.
 Each network trains once (a 3-epoch run that shrinks before epoch 2, snapshots, checkpoints every epoch and
@@ -40,7 +40,7 @@ pytestmark = [  # the resumed run writes elsewhere and takes no snapshots
 SIZE = (3, 16, 16)
 
 
-NETWORKS = ("resnet20", "vgg11", "resnet50", "subclass", "user_class", "add_gates")
+NETWORKS = ("resnet20", "resnet20_streams", "vgg11", "resnet50", "subclass", "user_class", "add_gates")
 # what a fresh process passes as net= to load a checkpoint of a module built with net=...
 NET_FACTORY = {"user_class": "tests.persist_models:user_net", "add_gates": "tests.persist_models:torchvision_net"}
 SLOW = {"resnet50", "add_gates"}
@@ -53,6 +53,7 @@ def make(tiny_classifier):
     frozen gates: every run shrinks the same way."""
     builders = {
         "resnet20": lambda: tiny_classifier(gamma=0.1),
+        "resnet20_streams": lambda: tiny_classifier(gates="all", gamma=0.1),
         "vgg11": lambda: tiny_classifier(arch="vgg11", gates="channel", gamma=0.1),
         "resnet50": lambda: tiny_classifier(arch="resnet50", arch_kwargs={"width": 2}, gamma=0.1),
         "subclass": lambda: persist_models.TinySubclass(width=4, num_classes=4, gamma=0.1),

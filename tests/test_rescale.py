@@ -66,9 +66,9 @@ def test_group_and_vgg_gates_pair_with_the_conv_or_linear_that_consumes_them(tin
     resnext = tiny_model("resnext29_8x64d", num_classes=5, **SMALL_RESNEXT)
     pairs, _ = gate_pairs(resnext)
     assert {type(p.gate) for p in pairs} == {GroupGate}
-    assert all(isinstance(p.consumer, nn.Conv2d) and p.consumer.kernel_size == (1, 1) for p in pairs)
+    assert all(isinstance(p.consumers[0], nn.Conv2d) and p.consumers[0].kernel_size == (1, 1) for p in pairs)
     vgg = tiny_model("vgg11", num_classes=5)
-    consumers = [type(p.consumer) for p in gate_pairs(vgg)[0]]
+    consumers = [type(p.consumers[0]) for p in gate_pairs(vgg)[0]]
     assert consumers[-1] is nn.Linear and set(consumers[:-1]) == {nn.Conv2d}
 
 
@@ -89,7 +89,7 @@ def test_momentum_moves_with_the_parameters(tiny_model):
         nn.functional.cross_entropy(net(x), y).backward()
         opt.step()
     pairs, _ = gate_pairs(net)
-    gate, consumer = pairs[0].gate.scale, pairs[0].consumer.weight
+    gate, consumer = pairs[0].gate.scale, pairs[0].consumers[0].weight
     s = gate.detach().max().item()
     gate_buf, consumer_buf = opt.state[gate]["momentum_buffer"].clone(), opt.state[consumer]["momentum_buffer"].clone()
     rescale_gates(pairs, opt)

@@ -17,7 +17,7 @@ from sss_lightning.surgery import SurgeryError, prune
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     depth=st.sampled_from([8, 11, 14]),
-    gates=st.sampled_from(["block", "channel", "both"]),
+    gates=st.sampled_from(["block", "channel", "both", "stream", "all"]),
     pattern=st.sampled_from(["random", "random", "random", "ones", "zeros"]),
     p_zero=st.floats(0.1, 0.9),
     size=st.sampled_from([8, 9, 16]),

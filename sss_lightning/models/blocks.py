@@ -17,8 +17,8 @@ from ..residual import GatedResidual, run_fused
 
 __all__ = ["GATE_SPECS", "GateSpec", "GatedResidual", "check_gate_spec", "conv_bn", "run_fused"]
 
-GateSpec = Literal["block", "channel", "both", "none"]
-GATE_SPECS: tuple[str, ...] = ("block", "channel", "both", "none")
+GateSpec = Literal["block", "channel", "both", "stream", "all", "none"]
+GATE_SPECS: tuple[str, ...] = ("block", "channel", "both", "stream", "all", "none")
 
 
 def check_gate_spec(gates: str, allowed: tuple[str, ...] = GATE_SPECS) -> str:

@@ -2,8 +2,10 @@
 
 ``gates`` picks what SSS may remove: ``"block"`` puts a :class:`BlockGate` on every residual branch
 (adaptive depth, as in the official code), ``"channel"`` puts :class:`ChannelGate` on the blocks' inner
-channels after their activation (adaptive width), ``"both"`` does both and ``"none"`` builds the plain
-network (the baseline for cost comparisons). Downsampling shortcuts are 1x1 conv + BN projections.
+channels after their activation (adaptive width), ``"both"`` does both, ``"stream"`` puts one
+:class:`StreamGate` on each residual stream (the channels a stage's blocks share: the width of the
+residual path), ``"all"`` is ``"both"`` plus ``"stream"``, and ``"none"`` builds the plain network (the
+baseline for cost comparisons). Downsampling shortcuts are 1x1 conv + BN projections.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from ..gates import BlockGate, ChannelGate
+from ..gates import BlockGate, ChannelGate, StreamGate
+from ..streams import Stream
 from .blocks import GatedResidual, GateSpec, check_gate_spec, conv_bn
 from .registry import register_model
 
@@ -63,10 +66,19 @@ class CifarResNet(nn.Module):
                 raise ValueError(f"{name} must be >= 1, got {value}")
         n = (depth - 2) // (3 * per_block)
         expansion = 1 if block == "basic" else 4
-        block_gates = gates in ("block", "both")
-        channel_gates = gates in ("channel", "both")
+        block_gates = gates in ("block", "both", "all")
+        channel_gates = gates in ("channel", "both", "all")
 
-        self.stem = nn.Sequential(*conv_bn(in_channels, width, 3), nn.ReLU(inplace=True))
+        def stream(channels: int) -> list[nn.Module]:  # a new stream starts: its gate, after each writer
+            return [StreamGate(channels)] if gates in ("stream", "all") else []
+
+        self.stem = nn.Sequential(*conv_bn(in_channels, width, 3), nn.ReLU(inplace=True), *stream(width))
+        stream_gate = list(self.stem)[3:]
+        # each stream gate also under its own name, so that its parameter's name never depends on which
+        # of the blocks that write the stream surgery keeps (in-training shrink matches parameters by name)
+        gate_holder: list[nn.Module] = []
+        if stream_gate:
+            self.stream_gates = nn.ModuleList()
         in_ch = width
         stages = []
         for stage, planes in enumerate((width, width * 2, width * 4)):
@@ -76,18 +88,23 @@ class CifarResNet(nn.Module):
                 out_ch = planes * expansion
                 shortcut = None
                 if stride != 1 or in_ch != out_ch:
-                    shortcut = nn.Sequential(*conv_bn(in_ch, out_ch, 1, stride))
+                    stream_gate = stream(out_ch)
+                    shortcut = nn.Sequential(*conv_bn(in_ch, out_ch, 1, stride), *stream_gate)
                 blocks.append(
                     GatedResidual(
-                        _branch(in_ch, planes, stride, block, channel_gates),
+                        nn.Sequential(*_branch(in_ch, planes, stride, block, channel_gates), *stream_gate),
                         shortcut=shortcut,
                         gate=BlockGate() if block_gates else None,
                         post_act=nn.ReLU(inplace=True),
                     )
                 )
                 in_ch = out_ch
+                if stream_gate and stream_gate[0] not in gate_holder:
+                    gate_holder.append(stream_gate[0])
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
+        if stream_gate:
+            self.stream_gates.extend(gate_holder)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_ch, num_classes))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -95,6 +112,24 @@ class CifarResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+
+    def sss_streams(self) -> list[Stream]:
+        """The residual streams and their readers: the stem's output with every block up to the first
+        projection shortcut, then one stream per projection (read by the blocks' first convs, the next
+        projection and, for the last stream, the head)."""
+        streams: list[Stream] = []
+        gate, readers = self.stem[-1], []
+        for block in (*self.layer1, *self.layer2, *self.layer3):
+            projection = isinstance(block.shortcut, nn.Sequential)
+            if projection:
+                readers.append(block.shortcut[0])
+            if block.branch is not None:
+                readers.append(block.branch[0])
+            if projection:
+                streams.append(Stream(gate, tuple(readers)))
+                gate, readers = block.shortcut[-1], []
+        streams.append(Stream(gate, (*readers, self.head[-1])))
+        return [s for s in streams if isinstance(s.gate, StreamGate)]
 
 
 def _make_builder(depth: int):

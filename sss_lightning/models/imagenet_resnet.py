@@ -45,7 +45,7 @@ class ImageNetResNet(nn.Module):
         gates: str = "block",
     ) -> None:
         super().__init__()
-        check_gate_spec(gates)
+        check_gate_spec(gates, ("block", "channel", "both", "none"))
         for name, value in (("num_classes", num_classes), ("in_channels", in_channels), ("width", width)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")

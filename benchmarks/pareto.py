@@ -10,8 +10,10 @@ for the same number of optimizer steps, ``epochs x batches_per_epoch`` (the defa
 Fashion-MNIST train split, 469 batches of 128, four times):
 
 * ``unpruned``: the full network (gates fixed at 1), the reference;
-* ``sss``: the default SSS recipe of :class:`~sss_lightning.module.SSSModule`, one pass, surgery at the
-  end, no fine-tune; one point per ``gamma``;
+* ``sss``: the default SSS recipe of :class:`~sss_lightning.module.SSSModule` with block and channel
+  gates (``gates="both"``), one pass, surgery at the end, no fine-tune; one point per ``gamma``;
+* ``sss_streams``: the same with stream gates too (``gates="all"``: the residual stream's width is
+  selected as well); one point per ``--stream_gammas`` entry;
 * ``sss_budget``: SSS steered to a MACs budget by :class:`~sss_lightning.callbacks.MacsBudget`, whose
   structure is fixed at epoch ``epochs - finetune_epochs`` and then trained shrunk; one point per budget;
 * ``uniform``: a thinner network (one width per point) trained from scratch;
@@ -44,12 +46,13 @@ from sss_lightning.flops import count_flops
 from sss_lightning.models import build_model
 from sss_lightning.module import SSSClassifier
 
-METHODS = ("unpruned", "sss", "sss_budget", "uniform", "slimming", "depgraph")
-SSS_METHODS = ("sss", "sss_budget")
+METHODS = ("unpruned", "sss", "sss_streams", "sss_budget", "uniform", "slimming", "depgraph")
+SSS_METHODS = ("sss", "sss_streams", "sss_budget")
 MATCHED = ("slimming", "depgraph")
 NAMES = {
     "unpruned": "unpruned",
     "sss": "SSS",
+    "sss_streams": "SSS + stream gates",
     "sss_budget": "SSS + MacsBudget",
     "uniform": "uniform width",
     "slimming": "Network Slimming (TP)",
@@ -60,7 +63,8 @@ KEY = ("arch", "dataset", "epochs", "batches_per_epoch", "method", "knob", "seed
 
 def configs(args) -> list[tuple[str, Any]]:
     """(method, knob) in the order they run for one seed: the matched baselines after the SSS points."""
-    sss_points = [("sss", g) for g in args.gammas] + [("sss_budget", b) for b in args.budgets]
+    sss_points = [("sss", g) for g in args.gammas] + [("sss_streams", g) for g in args.stream_gammas]
+    sss_points += [("sss_budget", b) for b in args.budgets]
     every = [
         ("unpruned", None),
         *sss_points,
@@ -92,8 +96,8 @@ def run_one(method: str, knob: Any, seed: int, args, runs: list[dict]) -> dict:
     surgery = StructuralSurgery(dirpath=args.out_dir, filename=f"{method}-{knob}-{seed}.pt")
     tp = budget = None
     fixed_epoch = args.epochs - args.finetune_epochs
-    if method == "sss":
-        module = SSSClassifier(gates="both", gamma=knob, **common)
+    if method in ("sss", "sss_streams"):
+        module = SSSClassifier(gates="both" if method == "sss" else "all", gamma=knob, **common)
         callbacks += [monitor, surgery]
     elif method == "sss_budget":
         module = SSSClassifier(gates="both", gamma=args.budget_gamma, **common)
@@ -256,7 +260,7 @@ def summarize(runs: list[dict]) -> list[dict]:
 def _setting(method: str, knob: str) -> str:
     if method == "unpruned":
         return "-"
-    if method == "sss":
+    if method in ("sss", "sss_streams"):
         return f"gamma {knob}"
     if method == "sss_budget":
         return f"budget {float(knob):.0%}"
@@ -333,7 +337,15 @@ def plot(rows: list[dict], args, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    styles = {"sss": "o-", "sss_budget": "P", "uniform": "D:", "slimming": "s", "depgraph": "^", "unpruned": "k*"}
+    styles = {
+        "sss": "o-",
+        "sss_streams": "v-",
+        "sss_budget": "P",
+        "uniform": "D:",
+        "slimming": "s",
+        "depgraph": "^",
+        "unpruned": "k*",
+    }
     for method in METHODS:
         pts = sorted((r["macs_ratio"], r["acc_mean"], r["acc_std"]) for r in rows if r["method"] == method)
         if pts:
@@ -359,6 +371,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--seeds", type=list[int], default=[0, 1, 2])
     parser.add_argument("--methods", type=list[str], default=list(METHODS), help=f"a subset of {METHODS}")
     parser.add_argument("--gammas", type=list[float], default=[0.005, 0.009], help="SSS points")
+    parser.add_argument("--stream_gammas", type=list[float], default=[], help="SSS + stream gates points")
     parser.add_argument("--budgets", type=list[float], default=[0.4], help="SSS + MacsBudget targets")
     parser.add_argument("--budget_gamma", type=float, default=0.01, help="SSS + MacsBudget's starting gamma")
     parser.add_argument("--widths", type=list[int], default=[13, 10, 7], help="uniform widths (16 = unpruned)")
@@ -366,7 +379,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--match",
         type=list[str],
         default=None,
-        help="SSS points the TP baselines prune to, as sss:<gamma> / sss_budget:<budget> (default: every sss gamma)",
+        help="SSS points the TP baselines prune to, as sss:<gamma> / sss_streams:<gamma> / sss_budget:<budget> "
+        "(default: every sss and sss_streams gamma)",
     )
     parser.add_argument("--match_tolerance", type=float, default=0.01, help="relative MACs gap of matched baselines")
     parser.add_argument("--out", type=str | None, default=None, help="default: benchmarks/results/pareto_<arch>")
@@ -375,7 +389,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if set(args.methods) - set(METHODS):
         parser.error(f"--methods must come from {METHODS}, got {args.methods}")
     if args.match is None:
-        args.match = [f"sss:{g}" for g in args.gammas]
+        args.match = [f"sss:{g}" for g in args.gammas] + [f"sss_streams:{g}" for g in args.stream_gammas]
     if args.out is None:
         suffix = "" if args.dataset == "fashion_mnist" else f"_{args.dataset}"
         args.out = f"benchmarks/results/pareto_{args.arch}{suffix}"

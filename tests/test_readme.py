@@ -44,6 +44,19 @@ def test_docs_architecture_examples_build_gated_modules():
         assert [g["name"] for g in m.param_groups()] == ["weights", "gates"]
 
 
+def test_docs_stream_example_declares_checks_and_prunes_a_residual_stream(assert_same_outputs):
+    (block,) = [b for b in _python_blocks("docs/architectures.md") if "class TwoBlocks" in b]
+    namespace: dict = {}
+    exec(block, namespace)  # it checks its declaration and asserts the pruned head's width itself
+    from sss_lightning import SSSModule, prune
+
+    net = namespace["net"]
+    pruned = prune(net)
+    assert pruned.stem[0].out_channels == 8 and all(b[0].in_channels == b[0].out_channels == 8 for b in pruned.branches)
+    assert_same_outputs(net, pruned, torch.randn(2, 1, 28, 28))
+    assert SSSModule(net=namespace["TwoBlocks"](), input_size=[1, 28, 28]).param_groups()[1]["name"] == "gates"
+
+
 def test_docs_mobilenet_example_trains_prunes_and_cuts_the_depthwise_conv(randomize_bn, assert_same_outputs):
     import lightning as L
 

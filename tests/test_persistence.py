@@ -1,12 +1,13 @@
 """The persistence contract: whatever trains can be pruned, saved, snapshotted, resumed after a shrink and
 reloaded in a fresh process with equal outputs, for every way of bringing a network.
 
-The matrix is {registry ResNet-20, ResNet-20 with stream gates too, VGG-11, ResNet-50, an SSSModule subclass with build_network, a user's
-own @rebuildable nn.Module, a torchvision ResNet-18 gated by add_gates} x {save_pruned + fresh-process
-load, PruningSnapshot during fit, StructuralSurgery's file, resume from a post-shrink checkpoint, ONNX}.
-Each network trains once (a 3-epoch run that shrinks before epoch 2, snapshots, checkpoints every epoch and
-ends with surgery, then a run resumed from the post-shrink checkpoint), and one fresh process loads every
-file of every network, so the matrix costs two short fits per network and a single interpreter start.
+The matrix is {registry ResNet-20, ResNet-20 with stream gates too, VGG-11, ResNet-50, an SSSModule
+subclass with build_network, a user's own @rebuildable nn.Module, a torchvision ResNet-18 gated by add_gates}
+x {save_pruned + fresh-process load, PruningSnapshot during fit, StructuralSurgery's file, resume from a
+post-shrink checkpoint, ONNX}. Each network trains once (a 3-epoch run that shrinks before epoch 2,
+snapshots, checkpoints every epoch and ends with surgery, then a run resumed from the post-shrink
+checkpoint), and one fresh process loads every file of every network, so the matrix costs two short fits
+per network and a single interpreter start.
 """
 
 from __future__ import annotations

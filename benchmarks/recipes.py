@@ -4,7 +4,8 @@
     python -m benchmarks.recipes --recipes [plain,rescale] --seeds [0]
     python -m benchmarks.recipes --dataset synthetic --epochs 2 --batches_per_epoch 4 --seeds [0]   # smoke
 
-Every recipe trains the same gated ResNet (block and channel gates) from the same seed and data order
+Every recipe trains the same gated ResNet (block and channel gates, or the gates the recipe names) from the
+same seed and data order
 for the same steps, then surgery removes the zero structures (one pass, no fine-tune). A recipe is a set
 of :class:`~sss_lightning.module.SSSClassifier` arguments (:data:`RECIPES`); its row reports the pruned
 network's test accuracy and MACs and the selection's stability from
@@ -44,14 +45,19 @@ RECIPES: dict[str, dict[str, Any]] = {
         "gate_momentum_units": "parameter",
     },
 }
+# candidates beyond the gates' own dynamics, on top of the default recipe (rescale, hold, settle): the
+# cost-weighted penalty (gamma per gate times its structure's MACs over the mean), and stream gates too
+_DEFAULT = RECIPES["rescale_hold_settle"]
+RECIPES["rescale_hold_settle_cost"] = {**_DEFAULT, "cost_weighted": True}
+RECIPES["rescale_hold_settle_streams"] = {**_DEFAULT, "gates": "all"}
+RECIPES["rescale_hold_settle_streams_cost"] = {**_DEFAULT, "gates": "all", "cost_weighted": True}
 
 
 def run_one(recipe: str, gamma: float, seed: int, args) -> dict:
     L.seed_everything(seed)
     data, size = datamodule(args.dataset, args.data_dir, synthetic_train_size=1024)
-    module = SSSClassifier(
-        arch=args.arch, in_channels=size[0], input_size=size, gates="both", gamma=gamma, lr=args.lr, **RECIPES[recipe]
-    )
+    settings = {"gates": "both", **RECIPES[recipe]}  # block + channel gates unless the recipe says otherwise
+    module = SSSClassifier(arch=args.arch, in_channels=size[0], input_size=size, gamma=gamma, lr=args.lr, **settings)
     monitor = GateMonitor(log_every_n_steps=10**9, plots=False)
     surgery = StructuralSurgery(dirpath=args.out_dir, filename=f"{recipe}-{gamma}-{seed}.pt")
     callbacks: list[L.Callback] = [monitor, surgery]
@@ -89,7 +95,8 @@ def report(runs: list[dict], args) -> str:
         groups.setdefault((r["recipe"], r["gamma"]), []).append(r)
     lines = [
         f"{args.arch} on {args.dataset}: {args.epochs} epochs x {args.batches_per_epoch} batches of 128, cosine LR "
-        f"from {args.lr}, block + channel gates, surgery at the end (no fine-tune). Test-split accuracy of the "
+        f"from {args.lr}, block + channel gates (+ stream gates where the recipe says streams), surgery at the end "
+        "(no fine-tune). Test-split accuracy of the "
         "pruned network; mean (std) over seeds.",
         "",
         "| recipe | gamma | seeds | acc | MACs kept | final zeros | zeros stable over last 10% | "

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from benchmarks import latency
 
@@ -127,6 +128,34 @@ def test_pareto_script_runs_every_method_paired_and_resumes_without_repeating(tm
     text = (tmp_path / "p.md").read_text()
     assert "| SSS point | MACs / unpruned | vs unpruned | vs uniform | vs Network Slimming | vs DepGraph |" in text
     assert (tmp_path / "p.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_recipes_script_runs_candidates_with_their_own_gates(tmp_path):
+    from benchmarks import recipes
+
+    argv = "--dataset synthetic --epochs 2 --batches_per_epoch 3 --seeds [0] --gammas [0.5]".split()
+    runs = recipes.main([*argv, "--recipes", "[plain,rescale_hold_settle_streams_cost]", "--out", str(tmp_path / "r")])
+    assert [r["recipe"] for r in runs] == ["plain", "rescale_hold_settle_streams_cost"]
+    streams = next(r for r in runs if "streams" in r["recipe"])
+    assert streams["final_zeros"] > 0 and streams["macs_ratio"] < 1  # stream gates were trained and cut
+    assert "| recipe | gamma |" in (tmp_path / "r.md").read_text()
+
+
+def test_from_scratch_script_retrains_a_pruned_structure(tmp_path, tiny_model, set_gates):
+    from benchmarks import from_scratch
+    from sss_lightning import prune, save_pruned
+
+    model = tiny_model("resnet20", in_channels=1, width=16)
+    set_gates(model, "random", torch.Generator().manual_seed(0), p_zero=0.5)
+    pruned = prune(model)
+    save_pruned(pruned, tmp_path / "p.pt")
+    argv = ["--dataset", "synthetic", "--epochs", "1", "--batches_per_epoch", "2", "--files", f"[{tmp_path / 'p.pt'}]"]
+    (row,) = from_scratch.main([*argv, "--out", str(tmp_path / "s")])
+    assert 0 < row["macs_ratio"] < 1 and row["params"] == sum(p.numel() for p in pruned.parameters())
+    assert row["steps"] == 2
+    assert (tmp_path / "s.png").read_bytes().startswith(b"\x89PNG")
+    with pytest.raises(SystemExit):  # a missing file is refused before any training
+        from_scratch.main(["--files", f"[{tmp_path / 'missing.pt'}]", "--out", str(tmp_path / "s")])
 
 
 def test_paired_interval_uses_students_t():

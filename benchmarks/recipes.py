@@ -2,6 +2,7 @@
 
     python -m benchmarks.recipes                                   # ResNet-20, full Fashion-MNIST, 4 epochs
     python -m benchmarks.recipes --recipes [plain,rescale] --seeds [0]
+    python -m benchmarks.recipes --report_only true                # the table of every logged run
     python -m benchmarks.recipes --dataset synthetic --epochs 2 --batches_per_epoch 4 --seeds [0]   # smoke
 
 Every recipe trains the same gated ResNet (block and channel gates, or the gates the recipe names) from the
@@ -127,6 +128,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--recipes", type=list[str], default=list(RECIPES), help=f"a subset of {list(RECIPES)}")
     parser.add_argument("--gammas", type=list[float], default=[0.01])
     parser.add_argument("--out", type=str | None, default=None, help="default: benchmarks/results/recipes_<arch>")
+    parser.add_argument(
+        "--report_only", type=bool, default=False, help="train nothing; report every logged run of this setting"
+    )
     args = parser.parse_args(argv)
     unknown = set(args.recipes) - set(RECIPES)
     if unknown:
@@ -143,9 +147,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for g in args.gammas
         for r in args.recipes
     ]
+    if args.report_only:
+        wanted = [log.key_of(r) for r in log.rows if all(r[k] == setting[k] for k in setting)]
     current = log.sweep(
         wanted,
-        lambda key: run_one(*key[-3:], args),
+        lambda key: None if args.report_only else run_one(*key[-3:], args),
         lambda row: (
             f"[recipes] {row['recipe']} gamma {row['gamma']} seed {row['seed']}: acc {row['val_acc']:.4f}, MACs "
             f"kept {row['macs_ratio']:.3f}, stable {row['stable_zero_fraction']}, {row['seconds']:.0f} s"

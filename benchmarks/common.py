@@ -30,10 +30,15 @@ def add_run_arguments(parser: ArgumentParser, *, batches_per_epoch: int) -> None
     )
 
 
-def check_run_arguments(parser: ArgumentParser, args: Any) -> None:
-    """Refuse a bad dataset name before any training, and set ``args.out_dir`` next to ``args.out``."""
+def check_run_arguments(parser: ArgumentParser, args: Any, name: str | None = None) -> None:
+    """Refuse a bad dataset name before any training, default ``args.out`` (when ``None``) to
+    ``benchmarks/results/<name>_<arch>[_<dataset>]`` (no dataset suffix for Fashion-MNIST), and set
+    ``args.out_dir`` next to ``args.out``."""
     if args.dataset not in DATASETS:
         parser.error(f"--dataset must be one of {DATASETS}, got {args.dataset!r}")
+    if args.out is None and name is not None:
+        suffix = "" if args.dataset == "fashion_mnist" else f"_{args.dataset}"
+        args.out = f"benchmarks/results/{name}_{args.arch}{suffix}"
     args.out_dir = str(Path(args.out).parent / "runs")
 
 

@@ -113,10 +113,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     missing = [f for f in args.files if not Path(f).is_file()]
     if missing:
         parser.error(f"--files: no such file {missing}; the pareto and recipes benchmarks write them to their runs/")
-    if args.out is None:
-        suffix = "" if args.dataset == "fashion_mnist" else f"_{args.dataset}"
-        args.out = f"benchmarks/results/from_scratch_{args.arch}{suffix}"
-    check_run_arguments(parser, args)
+    check_run_arguments(parser, args, "from_scratch")
     log = RunLog(f"{args.out}.runs.jsonl", KEY)
     setting = {k: getattr(args, k) for k in KEY[:4]}
     wanted = [tuple({**setting, "file": f, "seed": s}[k] for k in KEY) for s in args.seeds for f in args.files]

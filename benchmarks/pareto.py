@@ -390,12 +390,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--methods must come from {METHODS}, got {args.methods}")
     if args.match is None:
         args.match = [f"sss:{g}" for g in args.gammas] + [f"sss_streams:{g}" for g in args.stream_gammas]
-    if args.out is None:
-        suffix = "" if args.dataset == "fashion_mnist" else f"_{args.dataset}"
-        args.out = f"benchmarks/results/pareto_{args.arch}{suffix}"
     if not 0 < args.finetune_epochs < args.epochs:
         parser.error("--finetune_epochs must be at least 1 and less than --epochs")
-    check_run_arguments(parser, args)
+    check_run_arguments(parser, args, "pareto")
     log = RunLog(f"{args.out}.runs.jsonl", KEY)
     runs = log.rows
     setting = {k: getattr(args, k) for k in KEY[:4]}

@@ -135,10 +135,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     unknown = set(args.recipes) - set(RECIPES)
     if unknown:
         parser.error(f"--recipes: unknown {sorted(unknown)}; choose from {list(RECIPES)}")
-    if args.out is None:
-        suffix = "" if args.dataset == "fashion_mnist" else f"_{args.dataset}"
-        args.out = f"benchmarks/results/recipes_{args.arch}{suffix}"
-    check_run_arguments(parser, args)
+    check_run_arguments(parser, args, "recipes")
     log = RunLog(f"{args.out}.runs.jsonl", KEY)
     setting = {k: getattr(args, k) for k in KEY[:4]}
     wanted = [

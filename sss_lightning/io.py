@@ -101,7 +101,6 @@ def apply_spec(spec: dict[str, Any], base: nn.Module | None = None) -> nn.Module
                 kind.reshape(model.get_submodule(path), fields)
                 continue
             try:
-                model.get_submodule(path.rpartition(".")[0])
                 before = model.get_submodule(path)
             except AttributeError:
                 continue  # inside a branch removed above

@@ -404,6 +404,16 @@ def _build(cls: type[nn.Module]) -> Callable[[dict[str, Any]], nn.Module]:
     return lambda fields: cls(**fields)
 
 
+def _gate_kind(cls: type[Gate], cut_out: Callable) -> LayerKind:
+    """A gate type's entry: cut with its channels; recorded by its structure count (in-training shrink slices it)."""
+    return LayerKind(
+        cut_out=cut_out,
+        record=lambda m: {"n": m.num_structures},
+        record_fields={"n": COUNT},
+        rebuild=lambda fields: cls(fields["n"]),
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # The built-in entries
 # --------------------------------------------------------------------------------------------------
@@ -482,33 +492,8 @@ register_layer(nn.BatchNorm1d, replace(_BATCHNORM, rebuild=_build(nn.BatchNorm1d
 
 # Gates: cut with the channels they scale (a group gate loses a group once all its channels go).
 register_layer(Gate, LayerKind(cut_out=_cut_gate))
-register_layer(
-    ChannelGate,
-    LayerKind(
-        cut_out=_cut_gate,
-        record=lambda m: {"n": m.num_structures},  # sliced by in-training shrink: fewer structures
-        record_fields={"n": COUNT},
-        rebuild=lambda fields: ChannelGate(fields["n"]),
-    ),
-)
-register_layer(
-    StreamGate,
-    LayerKind(
-        cut_out=_cut_gate,
-        record=lambda m: {"n": m.num_structures},
-        record_fields={"n": COUNT},
-        rebuild=lambda fields: StreamGate(fields["n"]),
-    ),
-)
-register_layer(
-    GroupGate,
-    LayerKind(
-        cut_out=_cut_group_gate,
-        record=lambda m: {"n": m.num_structures},
-        record_fields={"n": COUNT},
-        rebuild=lambda fields: GroupGate(fields["n"]),
-    ),
-)
+for _cls, _cut in ((ChannelGate, _cut_gate), (StreamGate, _cut_gate), (GroupGate, _cut_group_gate)):
+    register_layer(_cls, _gate_kind(_cls, _cut))
 register_layer(
     GatedResidual,
     LayerKind(
@@ -551,4 +536,4 @@ for _cls in (nn.MaxPool2d, nn.AdaptiveMaxPool2d):
     )
 # Flatten maps zero to zero and commutes with scaling, but moves channels apart: a cut cannot pass it.
 register_layer(nn.Flatten, LayerKind(homogeneous=True, constant=_spatially_constant))
-del _cls
+del _cls, _cut

@@ -64,9 +64,10 @@ def gate_pairs(model: nn.Module) -> tuple[list[GatePair], list[str]]:
                 unpaired.append(name)
                 continue
             pairs.append(GatePair(name, gate, (layers[j],)))
-    names = {id(m): n for n, m in model.named_modules()}
-    for owner in stream_owners(model):
-        pairs += [GatePair(names[id(s.gate)], s.gate, tuple(s.readers)) for s in owner.streams]
+    owners = stream_owners(model)
+    if owners:
+        names = {id(m): n for n, m in model.named_modules()}
+        pairs += [GatePair(names[id(s.gate)], s.gate, tuple(s.readers)) for o in owners for s in o.streams]
     paired = {id(p.gate) for p in pairs}
     unpaired += [n for n, m in model.named_modules() if isinstance(m, (ChannelGate, GroupGate)) and id(m) not in paired]
     return pairs, sorted(set(unpaired))

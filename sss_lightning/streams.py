@@ -89,7 +89,10 @@ def stream_owners(model: nn.Module) -> list[StreamOwner]:
     replaces folded ones), checked: every stream gate of ``model`` is declared exactly once."""
     owners = []
     declared: dict[int, str] = {}
-    for path, module in model.named_modules():
+    gates: list[tuple[str, StreamGate]] = []
+    for path, module in model.named_modules():  # one walk: this runs after every optimizer step (rescaling)
+        if isinstance(module, StreamGate):
+            gates.append((path, module))
         if not callable(getattr(module, "sss_streams", None)):
             continue
         streams = tuple(s for s in _declared(module, path) if isinstance(s.gate, StreamGate))
@@ -102,7 +105,7 @@ def stream_owners(model: nn.Module) -> list[StreamOwner]:
             declared[id(stream.gate)] = path or "model"
         if streams:
             owners.append(StreamOwner(path, module, streams))
-    undeclared = [name for name, m in model.named_modules() if isinstance(m, StreamGate) and id(m) not in declared]
+    undeclared = [name for name, m in gates if id(m) not in declared]
     if undeclared:
         raise SurgeryError(
             f"StreamGate at {undeclared} is not declared by any module's sss_streams(), so surgery does not know "

@@ -404,7 +404,6 @@ def prune(model: nn.Module, *, fold_gates: bool = True, round_to: int = 1) -> nn
     exact), which runtimes with blocked memory layouts run faster.
     """
     opts = _Options(fold=fold_gates, round_to=check_round_to(round_to))
-    stream_owners(model)  # every stream declared before any work
     if next(iter_gates(model), None) is None:
         if _already_pruned(model):
             return copy.deepcopy(model)  # prune is idempotent on its own output (and on loaded pruned files)
@@ -414,7 +413,7 @@ def prune(model: nn.Module, *, fold_gates: bool = True, round_to: int = 1) -> nn
             "(sss_lightning.add_gates(model)), train it with SSSModule so that some reach zero, then prune"
         )
     pruned = copy.deepcopy(model)
-    for owner in stream_owners(pruned):  # first: a stream crosses the blocks the walk cuts one by one
+    for owner in stream_owners(pruned):  # checked first; a stream crosses the blocks the walk cuts one by one
         _prune_streams(owner, opts)
     pruned = _prune_module(pruned, "", opts)
     left = [info.name for info in iter_gates(pruned)]

@@ -1,6 +1,6 @@
 """Is it the structure or the training? A pruned network's structure, re-initialised and trained from scratch.
 
-    python -m benchmarks.from_scratch --files [benchmarks/results/runs/sss-0.005-0.pt] --seeds [0]
+    python -m benchmarks.from_scratch --files [benchmarks/results/runs/sss-0.0037-0.pt] --seeds [0]
     python -m benchmarks.from_scratch --dataset synthetic --epochs 1 --batches_per_epoch 2 --files [p.pt]  # smoke
 
 Each pruned file (``save_pruned``: what the pareto and recipes benchmarks write for their SSS runs) is

@@ -10,16 +10,18 @@ for the same number of optimizer steps, ``epochs x batches_per_epoch`` (the defa
 Fashion-MNIST train split, 469 batches of 128, four times):
 
 * ``unpruned``: the full network (gates fixed at 1), the reference;
-* ``sss``: the default SSS recipe of :class:`~sss_lightning.module.SSSModule` with block and channel
-  gates (``gates="both"``), one pass, surgery at the end, no fine-tune; one point per ``gamma``;
-* ``sss_streams``: the same with stream gates too (``gates="all"``: the residual stream's width is
-  selected as well); one point per ``--stream_gammas`` entry;
-* ``sss_budget``: SSS steered to a MACs budget by :class:`~sss_lightning.callbacks.MacsBudget`, whose
+* ``sss``: the default SSS recipe of :class:`~sss_lightning.module.SSSClassifier` with the
+  architecture's default gates (on ResNet-20 ``gates="all"``: block, channel and stream gates), one pass,
+  surgery at the end, no fine-tune; one point per ``--gammas`` entry;
+* ``sss_block_channel``: the same with block and channel gates only (``gates="both"``: the residual
+  stream keeps its width), the ablation of stream gates; one point per ``--block_channel_gammas`` entry;
+* ``sss_budget``: the default recipe steered to a MACs budget by :class:`~sss_lightning.callbacks.MacsBudget`, whose
   structure is fixed at epoch ``epochs - finetune_epochs`` and then trained shrunk; one point per budget;
 * ``uniform``: a thinner network (one width per point) trained from scratch;
 * ``slimming`` and ``depgraph``: Torch-Pruning's ``BNScalePruner`` and ``GroupNormPruner`` with their
   sparsity regularisers for ``epochs - finetune_epochs`` epochs, pruned to the MACs that the same seed's
-  SSS point reached (knob ``sss:<gamma>`` / ``sss_budget:<budget>``), then fine-tuned for the rest.
+  SSS point reached (knob ``sss:<gamma>``, ``sss_block_channel:<gamma>`` or ``sss_budget:<budget>``),
+  then fine-tuned for the rest.
 
 Accuracy is measured once, at the end, on the 10k test split. Each finished run is a line of
 ``<out>.runs.jsonl`` and is not repeated: a killed sweep continues where it stopped. The table gives
@@ -46,13 +48,13 @@ from sss_lightning.flops import count_flops
 from sss_lightning.models import build_model
 from sss_lightning.module import SSSClassifier
 
-METHODS = ("unpruned", "sss", "sss_streams", "sss_budget", "uniform", "slimming", "depgraph")
-SSS_METHODS = ("sss", "sss_streams", "sss_budget")
+METHODS = ("unpruned", "sss", "sss_block_channel", "sss_budget", "uniform", "slimming", "depgraph")
+SSS_METHODS = ("sss", "sss_block_channel", "sss_budget")
 MATCHED = ("slimming", "depgraph")
 NAMES = {
     "unpruned": "unpruned",
-    "sss": "SSS",
-    "sss_streams": "SSS + stream gates",
+    "sss": "SSS (default recipe)",
+    "sss_block_channel": "SSS, block + channel gates only",
     "sss_budget": "SSS + MacsBudget",
     "uniform": "uniform width",
     "slimming": "Network Slimming (TP)",
@@ -63,7 +65,7 @@ KEY = ("arch", "dataset", "epochs", "batches_per_epoch", "method", "knob", "seed
 
 def configs(args) -> list[tuple[str, Any]]:
     """(method, knob) in the order they run for one seed: the matched baselines after the SSS points."""
-    sss_points = [("sss", g) for g in args.gammas] + [("sss_streams", g) for g in args.stream_gammas]
+    sss_points = [("sss", g) for g in args.gammas] + [("sss_block_channel", g) for g in args.block_channel_gammas]
     sss_points += [("sss_budget", b) for b in args.budgets]
     every = [
         ("unpruned", None),
@@ -96,11 +98,14 @@ def run_one(method: str, knob: Any, seed: int, args, runs: list[dict]) -> dict:
     surgery = StructuralSurgery(dirpath=args.out_dir, filename=f"{method}-{knob}-{seed}.pt")
     tp = budget = None
     fixed_epoch = args.epochs - args.finetune_epochs
-    if method in ("sss", "sss_streams"):
-        module = SSSClassifier(gates="both" if method == "sss" else "all", gamma=knob, **common)
+    if method == "sss":
+        module = SSSClassifier(gamma=knob, **common)
+        callbacks += [monitor, surgery]
+    elif method == "sss_block_channel":
+        module = SSSClassifier(gates="both", gamma=knob, **common)
         callbacks += [monitor, surgery]
     elif method == "sss_budget":
-        module = SSSClassifier(gates="both", gamma=args.budget_gamma, **common)
+        module = SSSClassifier(gamma=args.budget_gamma, **common)
         budget = MacsBudget(knob, by_epoch=fixed_epoch)
         callbacks += [monitor, budget, InTrainingShrink(), surgery]
     elif method == "uniform":
@@ -260,14 +265,14 @@ def summarize(runs: list[dict]) -> list[dict]:
 def _setting(method: str, knob: str) -> str:
     if method == "unpruned":
         return "-"
-    if method in ("sss", "sss_streams"):
+    if method in ("sss", "sss_block_channel"):
         return f"gamma {knob}"
     if method == "sss_budget":
         return f"budget {float(knob):.0%}"
     if method == "uniform":
         return f"width {knob}"
     source, value = knob.split(":")
-    return f"MACs of {NAMES[source]} {_setting(source, value)}"
+    return f"MACs of {NAMES[source]}, {_setting(source, value)}"
 
 
 def _ci(entry: dict[str, float] | None) -> str:
@@ -275,7 +280,7 @@ def _ci(entry: dict[str, float] | None) -> str:
         return "-"
     if not math.isfinite(entry["half_width"]):
         return f"{entry['mean']:+.2f} (1 seed)"
-    return f"{entry['mean']:+.2f} ± {entry['half_width']:.2f}"
+    return f"{entry['mean']:+.2f} ± {entry['half_width']:.2f} ({entry['n']} seeds)"
 
 
 def _steps(args) -> str:
@@ -321,7 +326,7 @@ def report(rows: list[dict], cmps: list[dict], args) -> str:
     for c in cmps:
         vs = c["vs"]
         lines.append(
-            f"| {NAMES[c['method']]} {_setting(c['method'], c['knob'])} | {macs[(c['method'], c['knob'])]:.3f} | "
+            f"| {NAMES[c['method']]}, {_setting(c['method'], c['knob'])} | {macs[(c['method'], c['knob'])]:.3f} | "
             f"{_ci(vs['unpruned'])} | {_ci(vs['uniform'])} | {_ci(vs['slimming'])} | {_ci(vs['depgraph'])} |"
         )
     gaps = [g for c in cmps for g in c["macs_gap"].values() if g is not None]
@@ -339,7 +344,7 @@ def plot(rows: list[dict], args, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     styles = {
         "sss": "o-",
-        "sss_streams": "v-",
+        "sss_block_channel": "v-",
         "sss_budget": "P",
         "uniform": "D:",
         "slimming": "s",
@@ -370,8 +375,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--seeds", type=list[int], default=[0, 1, 2])
     parser.add_argument("--methods", type=list[str], default=list(METHODS), help=f"a subset of {METHODS}")
-    parser.add_argument("--gammas", type=list[float], default=[0.005, 0.009], help="SSS points")
-    parser.add_argument("--stream_gammas", type=list[float], default=[], help="SSS + stream gates points")
+    parser.add_argument("--gammas", type=list[float], default=[0.0037], help="SSS (default recipe) points")
+    parser.add_argument(
+        "--block_channel_gammas", type=list[float], default=[0.005, 0.009], help="SSS block + channel gates points"
+    )
     parser.add_argument("--budgets", type=list[float], default=[0.4], help="SSS + MacsBudget targets")
     parser.add_argument("--budget_gamma", type=float, default=0.01, help="SSS + MacsBudget's starting gamma")
     parser.add_argument("--widths", type=list[int], default=[13, 10, 7], help="uniform widths (16 = unpruned)")
@@ -379,8 +386,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--match",
         type=list[str],
         default=None,
-        help="SSS points the TP baselines prune to, as sss:<gamma> / sss_streams:<gamma> / sss_budget:<budget> "
-        "(default: every sss and sss_streams gamma)",
+        help="SSS points the TP baselines prune to, as sss:<gamma> / sss_block_channel:<gamma> / "
+        "sss_budget:<budget> (default: every sss and sss_block_channel gamma)",
     )
     parser.add_argument("--match_tolerance", type=float, default=0.01, help="relative MACs gap of matched baselines")
     parser.add_argument("--out", type=str | None, default=None, help="default: benchmarks/results/pareto_<arch>")
@@ -389,7 +396,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if set(args.methods) - set(METHODS):
         parser.error(f"--methods must come from {METHODS}, got {args.methods}")
     if args.match is None:
-        args.match = [f"sss:{g}" for g in args.gammas] + [f"sss_streams:{g}" for g in args.stream_gammas]
+        args.match = [f"sss:{g}" for g in args.gammas] + [f"sss_block_channel:{g}" for g in args.block_channel_gammas]
     if not 0 < args.finetune_epochs < args.epochs:
         parser.error("--finetune_epochs must be at least 1 and less than --epochs")
     check_run_arguments(parser, args, "pareto")

@@ -277,7 +277,9 @@ class SSSModule(L.LightningModule):
 class SSSClassifier(SSSModule):
     """SSSModule over a registry architecture: ``SSSClassifier(arch="resnet56", gates="block")``.
 
-    The architecture is rebuilt from these hyper-parameters, so ``load_from_checkpoint`` needs no net.
+    ``gates=None`` (the default) builds the architecture's own default gates (``"all"`` on the CIFAR
+    ResNets, ``"channel"`` on VGG, ``"both"`` on ResNeXt, ``"block"`` on the ImageNet ResNets). The
+    architecture is rebuilt from these hyper-parameters, so ``load_from_checkpoint`` needs no net.
     """
 
     def __init__(
@@ -285,12 +287,14 @@ class SSSClassifier(SSSModule):
         arch: str = "resnet20",
         num_classes: int = 10,
         in_channels: int = 3,
-        gates: str = "both",
+        gates: str | None = None,
         arch_kwargs: dict[str, Any] | None = None,
         **sss_kwargs: Any,
     ) -> None:
         self.arch, self.arch_kwargs = arch, dict(arch_kwargs or {})
-        self.arch_kwargs.update(num_classes=num_classes, in_channels=in_channels, gates=gates)
+        self.arch_kwargs.update(num_classes=num_classes, in_channels=in_channels)
+        if gates is not None:
+            self.arch_kwargs["gates"] = gates
         super().__init__(net=None, num_classes=num_classes, **sss_kwargs)
         self.save_hyperparameters()
 

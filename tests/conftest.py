@@ -83,13 +83,15 @@ def tiny_arch_kwargs(arch: str) -> dict[str, Any]:
 def tiny_model(arch: str = "resnet20", *, depth: int | None = None, **kwargs: Any) -> nn.Module:
     """A fresh small network: registry model ``arch`` at its tiny size (:func:`tiny_arch_kwargs`), built
     by ``build_model`` (so it carries its construction record); or, with ``depth``, a ``CifarResNet`` of
-    that depth and width 4 built from the class (no record). ``kwargs`` override any of it; whatever they
-    leave out is the builder's default (10 classes, 3 input channels, block and channel gates)."""
+    that depth and width 4 built from the class (no record). CIFAR ResNets get block and channel gates
+    (their builder's default adds stream gates: a test asks for those by name). ``kwargs`` override any of
+    it; whatever they leave out is the builder's default (10 classes, 3 input channels)."""
     from sss_lightning.models import CifarResNet, build_model
 
     if depth is not None:
-        return CifarResNet(depth=depth, **{"width": 4, **kwargs})
-    return build_model(arch, **{**tiny_arch_kwargs(arch), **kwargs})
+        return CifarResNet(depth=depth, **{"width": 4, "gates": "both", **kwargs})
+    cifar_resnet = arch.startswith("resnet") and "width" in tiny_arch_kwargs(arch)
+    return build_model(arch, **{**tiny_arch_kwargs(arch), **({"gates": "both"} if cifar_resnet else {}), **kwargs})
 
 
 def tiny_classifier(**kwargs: Any) -> SSSClassifier:

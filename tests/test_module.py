@@ -144,6 +144,27 @@ def test_sss_classifier_rebuilds_from_checkpoint(tmp_path, tiny_classifier, quie
     assert torch.equal(loaded.eval()(x), module.eval()(x))
 
 
+@pytest.mark.parametrize(
+    ("arch", "kinds", "size"),
+    [
+        ("resnet20", {"block", "channel", "stream"}, 8),
+        ("vgg11", {"channel"}, 32),
+        ("resnext29_8x64d", {"block", "group"}, 8),
+    ],
+)
+def test_sss_classifier_builds_each_architectures_default_gates_and_reloads_them(
+    arch, kinds, size, tmp_path, tiny_classifier, quiet_trainer, tiny_data
+):
+    module = tiny_classifier(arch=arch, gates=None, in_channels=3)
+    assert {gate.kind for gate in iter_gates(module.net)} == kinds
+    trainer = quiet_trainer(tmp_path, max_steps=1)
+    trainer.fit(module, datamodule=tiny_data(train_size=16, image_size=size))
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    loaded = SSSClassifier.load_from_checkpoint(tmp_path / "m.ckpt")
+    x = torch.randn(2, 3, size, size)
+    assert torch.equal(loaded.eval()(x), module.eval()(x))
+
+
 def test_cost_weighted_gamma_is_proportional_to_the_macs_a_structure_costs(tiny_model):
     from sss_lightning.flops import structure_costs
 

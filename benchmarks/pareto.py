@@ -51,6 +51,7 @@ from sss_lightning.module import SSSClassifier
 METHODS = ("unpruned", "sss", "sss_block_channel", "sss_budget", "uniform", "slimming", "depgraph")
 SSS_METHODS = ("sss", "sss_block_channel", "sss_budget")
 MATCHED = ("slimming", "depgraph")
+GAMMA_POINTS = {"sss": None, "sss_block_channel": "both"}  # SSS methods with one point per gamma: their gates
 NAMES = {
     "unpruned": "unpruned",
     "sss": "SSS (default recipe)",
@@ -98,11 +99,8 @@ def run_one(method: str, knob: Any, seed: int, args, runs: list[dict]) -> dict:
     surgery = StructuralSurgery(dirpath=args.out_dir, filename=f"{method}-{knob}-{seed}.pt")
     tp = budget = None
     fixed_epoch = args.epochs - args.finetune_epochs
-    if method == "sss":
-        module = SSSClassifier(gamma=knob, **common)
-        callbacks += [monitor, surgery]
-    elif method == "sss_block_channel":
-        module = SSSClassifier(gates="both", gamma=knob, **common)
+    if method in GAMMA_POINTS:  # None: the architecture's default gates
+        module = SSSClassifier(gates=GAMMA_POINTS[method], gamma=knob, **common)
         callbacks += [monitor, surgery]
     elif method == "sss_budget":
         module = SSSClassifier(gamma=args.budget_gamma, **common)
@@ -265,7 +263,7 @@ def summarize(runs: list[dict]) -> list[dict]:
 def _setting(method: str, knob: str) -> str:
     if method == "unpruned":
         return "-"
-    if method in ("sss", "sss_block_channel"):
+    if method in GAMMA_POINTS:
         return f"gamma {knob}"
     if method == "sss_budget":
         return f"budget {float(knob):.0%}"

@@ -66,16 +66,20 @@ def repo() -> Path:
 # --------------------------------------------------------------------------------------------------
 
 
+def _is_cifar_resnet(arch: str) -> bool:
+    from sss_lightning.models import default_input_size
+
+    return arch.startswith("resnet") and default_input_size(arch)[1] <= 32
+
+
 def tiny_arch_kwargs(arch: str) -> dict[str, Any]:
     """The small sizes the tests build a registry family at: CIFAR ResNets of width 4, VGG at 1/8 width,
     ResNeXt-29 with base width 2, stem 8 and output width 16; other families (ImageNet) as they are."""
-    from sss_lightning.models import default_input_size
-
     if arch.startswith("vgg"):
         return {"width_mult": 0.125}
     if arch.startswith("resnext29"):
         return {"base_width": 2, "stem_width": 8, "out_width": 16}
-    if arch.startswith("resnet") and default_input_size(arch)[1] <= 32:
+    if _is_cifar_resnet(arch):
         return {"width": 4}
     return {}
 
@@ -90,8 +94,8 @@ def tiny_model(arch: str = "resnet20", *, depth: int | None = None, **kwargs: An
 
     if depth is not None:
         return CifarResNet(depth=depth, **{"width": 4, "gates": "both", **kwargs})
-    cifar_resnet = arch.startswith("resnet") and "width" in tiny_arch_kwargs(arch)
-    return build_model(arch, **{**tiny_arch_kwargs(arch), **({"gates": "both"} if cifar_resnet else {}), **kwargs})
+    gates = {"gates": "both"} if _is_cifar_resnet(arch) else {}
+    return build_model(arch, **{**tiny_arch_kwargs(arch), **gates, **kwargs})
 
 
 def tiny_classifier(**kwargs: Any) -> SSSClassifier:

@@ -21,7 +21,8 @@ Fashion-MNIST train split, 469 batches of 128, four times):
 * ``slimming`` and ``depgraph``: Torch-Pruning's ``BNScalePruner`` and ``GroupNormPruner`` with their
   sparsity regularisers for ``epochs - finetune_epochs`` epochs, pruned to the MACs that the same seed's
   SSS point reached (knob ``sss:<gamma>``, ``sss_block_channel:<gamma>`` or ``sss_budget:<budget>``),
-  then fine-tuned for the rest.
+  then fine-tuned for the rest; the pruned network is saved as ``<out_dir>/<method>-<sss method>-<knob>-<seed>.pt``
+  (the SSS runs' surgery saves theirs as ``<method>-<knob>-<seed>.pt``), for :mod:`benchmarks.from_scratch`.
 
 Accuracy is measured once, at the end, on the 10k test split. Each finished run is a line of
 ``<out>.runs.jsonl`` and is not repeated: a killed sweep continues where it stopped. The table gives
@@ -45,6 +46,7 @@ from benchmarks.common import RunLog, add_run_arguments, check_run_arguments, da
 from benchmarks.report import write_report
 from sss_lightning.callbacks import GateMonitor, InTrainingShrink, MacsBudget, StructuralSurgery
 from sss_lightning.flops import count_flops
+from sss_lightning.io import save_pruned
 from sss_lightning.models import build_model
 from sss_lightning.module import SSSClassifier
 
@@ -152,6 +154,8 @@ def run_one(method: str, knob: Any, seed: int, args, runs: list[dict]) -> dict:
         row["churn_per_epoch"] = [c["gates/churn"] for c in monitor.churn]
     if tp is not None:
         row["tp_report"] = dict(tp.report)
+        # the pruned network, as SSS's surgery saves its own: benchmarks.from_scratch retrains its structure
+        save_pruned(module.net, Path(args.out_dir) / f"{method}-{str(knob).replace(':', '-')}-{seed}.pt")
     if method == "sss_budget" and budget.result:  # where the gamma controller alone had brought the network
         row["controller_vs_budget"] = budget.result["macs_reached"] / budget.result["target_macs"] - 1
     return row

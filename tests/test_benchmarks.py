@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from benchmarks import latency
+from sss_lightning.io import load_pruned
 
 
 def test_latency_script_times_unpruned_and_rounded_pruned_models_in_both_runtimes(tmp_path):
@@ -118,6 +119,9 @@ def test_pareto_script_runs_every_method_paired_and_resumes_without_repeating(tm
             theirs = next(r for r in runs if r["method"] == method and r["seed"] == seed)
             assert theirs["knob"] == "sss_budget:0.6"
             assert abs(theirs["macs_ratio"] / ours["macs_ratio"] - 1) <= 0.03
+            # the pruned network is saved with the run's structure, for benchmarks.from_scratch to retrain
+            saved = load_pruned(tmp_path / "runs" / f"{method}-sss_budget-0.6-{seed}.pt")
+            assert sum(p.numel() for p in saved.parameters()) == theirs["params"]
     assert all("stability_stable_zero_fraction" in r for r in runs if r["method"] in pareto.SSS_METHODS)
     (cmp,) = [c for c in json.loads((tmp_path / "p.json").read_text())["comparisons"] if c["method"] == "sss_budget"]
     assert cmp["vs"]["unpruned"]["n"] == 2 and cmp["vs"]["slimming"]["n"] == 2

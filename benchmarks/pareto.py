@@ -15,6 +15,8 @@ Fashion-MNIST train split, 469 batches of 128, four times):
   surgery at the end, no fine-tune; one point per ``--gammas`` entry;
 * ``sss_block_channel``: the same with block and channel gates only (``gates="both"``: the residual
   stream keeps its width), the ablation of stream gates; one point per ``--block_channel_gammas`` entry;
+* ``sss_late``: the default recipe with ``penalty_start=0.5``: the full network trains half the run before
+  the L1 penalty starts selecting; one point per ``--late_gammas`` entry;
 * ``sss_budget``: the default recipe steered to a MACs budget by :class:`~sss_lightning.callbacks.MacsBudget`, whose
   structure is fixed at epoch ``epochs - finetune_epochs`` and then trained shrunk; one point per budget;
 * ``uniform``: a thinner network (one width per point) trained from scratch;
@@ -50,14 +52,21 @@ from sss_lightning.io import save_pruned
 from sss_lightning.models import build_model
 from sss_lightning.module import SSSClassifier
 
-METHODS = ("unpruned", "sss", "sss_block_channel", "sss_budget", "uniform", "slimming", "depgraph")
-SSS_METHODS = ("sss", "sss_block_channel", "sss_budget")
+METHODS = ("unpruned", "sss", "sss_block_channel", "sss_late", "sss_budget", "uniform", "slimming", "depgraph")
+SSS_METHODS = ("sss", "sss_block_channel", "sss_late", "sss_budget")
 MATCHED = ("slimming", "depgraph")
-GAMMA_POINTS = {"sss": None, "sss_block_channel": "both"}  # SSS methods with one point per gamma: their gates
+# SSS methods with one point per gamma: the argument that lists their gammas, and how they differ from the
+# default recipe (SSSClassifier's arguments)
+GAMMA_POINTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "sss": ("gammas", {}),
+    "sss_block_channel": ("block_channel_gammas", {"gates": "both"}),
+    "sss_late": ("late_gammas", {"penalty_start": 0.5}),
+}
 NAMES = {
     "unpruned": "unpruned",
     "sss": "SSS (default recipe)",
     "sss_block_channel": "SSS, block + channel gates only",
+    "sss_late": "SSS, penalty from half-way",
     "sss_budget": "SSS + MacsBudget",
     "uniform": "uniform width",
     "slimming": "Network Slimming (TP)",
@@ -68,7 +77,7 @@ KEY = ("arch", "dataset", "epochs", "batches_per_epoch", "method", "knob", "seed
 
 def configs(args) -> list[tuple[str, Any]]:
     """(method, knob) in the order they run for one seed: the matched baselines after the SSS points."""
-    sss_points = [("sss", g) for g in args.gammas] + [("sss_block_channel", g) for g in args.block_channel_gammas]
+    sss_points = [(m, g) for m, (arg, _) in GAMMA_POINTS.items() for g in getattr(args, arg)]
     sss_points += [("sss_budget", b) for b in args.budgets]
     every = [
         ("unpruned", None),
@@ -101,8 +110,8 @@ def run_one(method: str, knob: Any, seed: int, args, runs: list[dict]) -> dict:
     surgery = StructuralSurgery(dirpath=args.out_dir, filename=f"{method}-{knob}-{seed}.pt")
     tp = budget = None
     fixed_epoch = args.epochs - args.finetune_epochs
-    if method in GAMMA_POINTS:  # None: the architecture's default gates
-        module = SSSClassifier(gates=GAMMA_POINTS[method], gamma=knob, **common)
+    if method in GAMMA_POINTS:
+        module = SSSClassifier(gamma=knob, **GAMMA_POINTS[method][1], **common)
         callbacks += [monitor, surgery]
     elif method == "sss_budget":
         module = SSSClassifier(gamma=args.budget_gamma, **common)
@@ -158,6 +167,7 @@ def run_one(method: str, knob: Any, seed: int, args, runs: list[dict]) -> dict:
         save_pruned(module.net, Path(args.out_dir) / f"{method}-{str(knob).replace(':', '-')}-{seed}.pt")
     if method == "sss_budget" and budget.result:  # where the gamma controller alone had brought the network
         row["controller_vs_budget"] = budget.result["macs_reached"] / budget.result["target_macs"] - 1
+        row["budget_history"] = budget.history  # the controller's trajectory: MACs, look-ahead MACs, gamma
     return row
 
 
@@ -347,6 +357,7 @@ def plot(rows: list[dict], args, path: Path) -> None:
     styles = {
         "sss": "o-",
         "sss_block_channel": "v-",
+        "sss_late": "D-",
         "sss_budget": "P",
         "uniform": "D:",
         "slimming": "s",
@@ -381,6 +392,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument(
         "--block_channel_gammas", type=list[float], default=[0.005, 0.009], help="SSS block + channel gates points"
     )
+    parser.add_argument(
+        "--late_gammas",
+        type=list[float],
+        default=[],
+        help="SSS points with the penalty from half-way (penalty_start=0.5)",
+    )
     parser.add_argument("--budgets", type=list[float], default=[0.4], help="SSS + MacsBudget targets")
     parser.add_argument("--budget_gamma", type=float, default=0.01, help="SSS + MacsBudget's starting gamma")
     parser.add_argument("--widths", type=list[int], default=[13, 10, 7], help="uniform widths (16 = unpruned)")
@@ -389,7 +406,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         type=list[str],
         default=None,
         help="SSS points the TP baselines prune to, as sss:<gamma> / sss_block_channel:<gamma> / "
-        "sss_budget:<budget> (default: every sss and sss_block_channel gamma)",
+        "sss_budget:<budget> (default: every sss, sss_block_channel and sss_late gamma)",
     )
     parser.add_argument("--match_tolerance", type=float, default=0.01, help="relative MACs gap of matched baselines")
     parser.add_argument("--out", type=str | None, default=None, help="default: benchmarks/results/pareto_<arch>")
@@ -398,7 +415,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if set(args.methods) - set(METHODS):
         parser.error(f"--methods must come from {METHODS}, got {args.methods}")
     if args.match is None:
-        args.match = [f"sss:{g}" for g in args.gammas] + [f"sss_block_channel:{g}" for g in args.block_channel_gammas]
+        args.match = [f"{m}:{g}" for m, (arg, _) in GAMMA_POINTS.items() for g in getattr(args, arg)]
     if not 0 < args.finetune_epochs < args.epochs:
         parser.error("--finetune_epochs must be at least 1 and less than --epochs")
     check_run_arguments(parser, args, "pareto")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -74,6 +75,8 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
         every_n_steps: int = 10,
         gain: float = 1.0,
         max_change: float = 1.5,
+        glide: float = 0.5,
+        lookahead: bool = True,
         input_size: list[int] | None = None,
     ) -> None:
         if isinstance(target_macs, bool) or not isinstance(target_macs, (int, float)) or not target_macs > 0:
@@ -84,13 +87,17 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
             raise ValueError(f"by_epoch must be an epoch number >= 1, got {by_epoch!r}")
         if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
             raise ValueError(f"every_n_steps must be a positive int, got {every_n_steps!r}")
-        self.controller = GammaController(float(target_macs), tolerance, gain, max_change)  # checks them
+        self.controller = GammaController(float(target_macs), tolerance, gain, max_change, glide=glide)  # checks
         self.target_macs = float(target_macs)
         self.by_epoch = by_epoch
         self.tolerance = float(tolerance)
         self.every_n_steps = every_n_steps
         self.gain = float(gain)
         self.max_change = float(max_change)
+        self.glide = float(glide)
+        if not isinstance(lookahead, bool):
+            raise ValueError(f"lookahead must be a bool, got {lookahead!r}")
+        self.lookahead = lookahead
         self.input_size = check_input_size(input_size)
         self.base_gamma: dict[str, float] = {}
         self.full_macs: float | None = None
@@ -137,6 +144,13 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        start = getattr(pl_module, "hparams", {}).get("penalty_start", 0.0)
+        if start:
+            raise ValueError(
+                f"MacsBudget steers the L1 penalty from the first step, and the module switches it off until "
+                f"penalty_start={start!r}, so the controller would wind gamma up while nothing can fall. Fix: "
+                "penalty_start=0 (the budget's glide path already keeps the network wide early on)"
+            )
         pl_module.settled_by = "MacsBudget"  # the budget's deadline fixes the structure, not the module's settle_at
         size = require_input_size(self.input_size, pl_module, "MacsBudget")
         self._estimator = MacEstimator(pl_module.net, size)
@@ -153,7 +167,7 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
         if not self.base_gamma:  # a fresh run (a resumed one restores these and the groups' gamma)
             self.base_gamma = {g.name: g.gamma for g in groups}
             self.full_macs = float(self._estimator(pl_module.net))
-        self.controller.target = self.target
+        self.controller.target, self.controller.start = self.target, self.full_macs
         if not any(v > 0 for v in self.base_gamma.values()):
             raise ValueError("MacsBudget scales gamma, which is 0; set the module's gamma > 0 (e.g. 0.01)")
         floor = self._floor(pl_module.net)
@@ -205,6 +219,7 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
             "macs_lookahead": macs if ahead is None else ahead,
             "target_macs": self.target,
             "macs_over_target": macs / self.target,
+            "set_point": self.controller.set_point(trainer.global_step / self._deadline_step(trainer)),
             "gamma": float(gamma),
             "gamma_scale": self.scale,
         }
@@ -221,10 +236,15 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
             return
         if self.history and self.history[-1]["step"] == trainer.global_step:
             return  # the same optimizer step (gradient accumulation)
-        ahead = self._measure(pl_module.net, self._lookahead(trainer))
-        if self.controller.update(ahead):
+        ahead = self._measure(pl_module.net, self._lookahead(trainer) if self.lookahead else None)
+        if self.controller.update(ahead, trainer.global_step / self._deadline_step(trainer)):
             self._set_gamma(trainer)
         self._log(trainer, self._measure(pl_module.net), ahead)
+
+    def _deadline_step(self, trainer: L.Trainer) -> int:
+        """The optimizer step at the end of epoch ``by_epoch``: where the glide path reaches the budget."""
+        per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+        return max(1, per_epoch * self.by_epoch)
 
     @torch.no_grad()
     def _remember(self, net: torch.nn.Module) -> None:

@@ -25,32 +25,55 @@ Move = tuple[Tensor, int, float]  # (gate parameter, flat index, new value)
 
 
 class GammaController:
-    """Log-proportional control of the gates' L1 strength towards ``target`` MACs.
+    """Log-proportional control of the gates' L1 strength towards ``target`` MACs, along a glide path.
 
-    Each :meth:`update` with the MACs ``m`` the network is heading for sets, outside a dead band of
-    ``tolerance / 2`` around the set point ``target * (1 + tolerance / 2)`` (the upper half of the band:
-    a landing above it is fixed at the deadline, below it is not),
+    Each :meth:`update` with the MACs ``m`` the network is heading for and the run's ``progress`` towards
+    the deadline (0 at the start, 1 at the deadline) sets, outside a dead band of ``tolerance / 2``
+    around the set point,
     ``scale <- scale * exp(clip(gain * log(m / set point), -log(max_change), log(max_change)))``;
-    each gate group's gamma is its base gamma times :attr:`scale`.
+    each gate group's gamma is its base gamma times :attr:`scale`. The set point is the upper half of the
+    band, ``target * (1 + tolerance / 2)`` (a landing above it is fixed at the deadline, below it is not),
+    reached along a glide path from ``start`` (the unpruned network's MACs): geometric in ``progress``
+    until ``progress = glide``, then constant. Gates answer gamma with a lag of many steps, so a set point
+    that jumps straight to the budget (``glide=0``) winds gamma up while nothing has fallen yet and then
+    drops far below the budget at once, which zero gates under APG rarely come back from.
     """
 
-    def __init__(self, target: float, tolerance: float, gain: float = 1.0, max_change: float = 1.5) -> None:
+    def __init__(
+        self,
+        target: float,
+        tolerance: float,
+        gain: float = 1.0,
+        max_change: float = 1.5,
+        start: float | None = None,
+        glide: float = 0.0,
+    ) -> None:
         if not target > 0:
             raise ValueError(f"target must be > 0 MACs, got {target!r}")
         if not 0 < tolerance < 1:
             raise ValueError(f"tolerance must be in (0, 1), e.g. 0.03 for within 3%, got {tolerance!r}")
         if not gain > 0 or not max_change > 1:
             raise ValueError(f"need gain > 0 and max_change > 1, got gain={gain!r}, max_change={max_change!r}")
+        if isinstance(glide, bool) or not isinstance(glide, (int, float)) or not 0 <= glide <= 1:
+            raise ValueError(
+                f"glide must be the fraction of the run to the deadline over which the set point moves from the "
+                f"unpruned MACs to the budget, in [0, 1], got {glide!r}; e.g. 0.5, or 0 to aim at the budget at once"
+            )
         self.target, self.tolerance, self.gain, self.max_change = float(target), tolerance, gain, max_change
+        self.start = None if start is None else float(start)
+        self.glide = float(glide)
         self.scale = 1.0
 
-    @property
-    def set_point(self) -> float:
-        return self.target * (1 + self.tolerance / 2)
+    def set_point(self, progress: float = 1.0) -> float:
+        """The MACs the controller steers to at ``progress`` (0: start of the run, 1: the deadline)."""
+        end = self.target * (1 + self.tolerance / 2)
+        if self.start is None or self.glide == 0 or progress >= self.glide or self.start <= end:
+            return end
+        return end * (self.start / end) ** (1 - max(0.0, progress) / self.glide)
 
-    def update(self, macs_ahead: float) -> bool:
+    def update(self, macs_ahead: float, progress: float = 1.0) -> bool:
         """Move :attr:`scale` for one measurement; returns whether it changed (False inside the band)."""
-        ratio = macs_ahead / self.set_point
+        ratio = macs_ahead / self.set_point(progress)
         if abs(ratio - 1) <= self.tolerance / 2:
             return False
         limit = math.log(self.max_change)

@@ -137,6 +137,15 @@ class GateGroup:
         self.group["gamma"] = float(value)
 
     @property
+    def l1_active(self) -> bool:
+        """Whether the group's L1 term is applied (False: its ``gamma`` is kept but the step uses 0)."""
+        return bool(self.group.get("l1_active", True))
+
+    @l1_active.setter
+    def l1_active(self, value: bool) -> None:
+        self.group["l1_active"] = bool(value)
+
+    @property
     def zero_hold(self) -> int:
         return int(self.group.get("zero_hold", 0))
 

@@ -21,7 +21,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from . import recipe
 from .checkpoints import load_sss_checkpoint, network_of, read_record, record_built_network, write_record
-from .gate_groups import freeze_all, structure_fixed
+from .gate_groups import freeze_all, gate_groups, structure_fixed
 from .gates import gate_parameters, has_gates, iter_gates, sparsity
 from .models.registry import build_model
 from .reshaping import NetworkReshaping
@@ -75,6 +75,11 @@ class SSSModule(L.LightningModule):
             selection and the rest of the run trains the weights of that structure, without the L1 pull;
             add :class:`~sss_lightning.callbacks.InTrainingShrink` to train it at its smaller size). A
             callback that fixes the structure itself (``MacsBudget``) takes over by setting ``settled_by``.
+        penalty_start: the fraction of the training steps before the gates' L1 term starts (0: from the
+            first step). Before it the full network trains as the plain one would (the gates take gradient
+            steps and are rescaled, nothing is pulled to zero), so the structure is selected from a network
+            trained at full width; ``gamma`` must then be larger to reach the same sparsity in the shorter
+            window. Must be before ``settle_at``.
     """
 
     def __init__(
@@ -98,6 +103,7 @@ class SSSModule(L.LightningModule):
         zero_hold: int = 100,
         gate_momentum_units: Literal["gradient", "parameter"] = "gradient",
         settle_at: float | None = 0.75,
+        penalty_start: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
@@ -164,6 +170,14 @@ class SSSModule(L.LightningModule):
             self.log_dict({f"sparsity/{k}": v for k, v in summary.items() if "_" not in k}, on_step=True)
             self.log("sparsity", summary["overall"], prog_bar=True, logger=False)
         return loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.hparams.get("penalty_start", 0.0) and self._trainer is not None:
+            active = recipe.penalty_active(
+                self.hparams, self.trainer.global_step, self.trainer.estimated_stepping_batches
+            )
+            for group in gate_groups(self.trainer.optimizers[0]):
+                group.l1_active = active
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """The optimizer step, then the recipe's gate rescaling and its check that no gate became non-finite,

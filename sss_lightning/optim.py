@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-__all__ = ["APG", "MODES", "MOMENTUM_UNITS", "soft_threshold", "validate_hparams"]
+__all__ = ["APG", "MODES", "MOMENTUM_UNITS", "active_gamma", "soft_threshold", "validate_hparams"]
 
 MODES = ("apg", "ista", "sgd")
 MOMENTUM_UNITS = ("gradient", "parameter")
@@ -96,6 +96,12 @@ _HPARAMS = ("lr", "momentum", "gamma", "weight_decay", "mode", "nonnegative", "m
 def soft_threshold(x: Tensor, threshold: float) -> Tensor:
     """Proximal operator of ``threshold * |x|``: shrinks towards 0 and sets ``|x| <= threshold`` to 0."""
     return x.sign() * (x.abs() - threshold).clamp_(min=0)
+
+
+def active_gamma(group: dict[str, Any]) -> float:
+    """The L1 strength a param group's step applies: its ``gamma``, or 0 while ``l1_active`` is False (a
+    penalty schedule that has not started yet keeps the group's gamma and switches the term off)."""
+    return float(group["gamma"]) if group.get("l1_active", True) else 0.0
 
 
 class APG(Optimizer):
@@ -178,7 +184,7 @@ class APG(Optimizer):
         L1 term alone: ``lr * gamma`` for the proximal modes and for ``"sgd"`` (its subgradient step)."""
         if isinstance(group, int):
             group = self.param_groups[group]
-        return float(group["lr"] * group["gamma"])
+        return float(group["lr"] * active_gamma(group))
 
     def l1_drift(self, group: dict[str, Any] | int, steps: int) -> float:
         """How far the L1 term alone moves an entry towards 0 over ``steps`` steps at the current learning
@@ -198,7 +204,7 @@ class APG(Optimizer):
         return state["zero_steps"] >= group["zero_hold"]
 
     def _update(self, p: Tensor, group: dict[str, Any]) -> None:
-        lr, mu, gamma = group["lr"], group["momentum"], group["gamma"]
+        lr, mu, gamma = group["lr"], group["momentum"], active_gamma(group)
         mode, nonneg, hold = group["mode"], group["nonnegative"], group["zero_hold"]
         pinned = None
         if hold:

@@ -8,6 +8,7 @@ gate with its own ``gamma`` when the penalty is cost-weighted (:mod:`sss_lightni
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -29,6 +30,7 @@ __all__ = [
     "cost_weights",
     "after_step",
     "check_finetune",
+    "penalty_active",
 ]
 
 SCHEDULES = ("cosine", "step", "constant")
@@ -74,6 +76,17 @@ def check_recipe(hp: Mapping[str, Any]) -> bool:
         raise ValueError(
             f"settle_at must be a fraction of the training steps in (0, 1] or None, got {settle!r}; e.g. 0.75 "
             "fixes the structure after three quarters of the run"
+        )
+    start = hp.get("penalty_start", 0.0)
+    if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0 <= start < 1:
+        raise ValueError(
+            f"penalty_start must be a fraction of the training steps in [0, 1), got {start!r}; e.g. 0.5 trains the "
+            "full network for half the run before the L1 penalty starts selecting"
+        )
+    if settle is not None and start >= settle:
+        raise ValueError(
+            f"penalty_start={start!r} is not before settle_at={settle!r}: the structure would be fixed before the "
+            "penalty selects any. Fix: penalty_start < settle_at"
         )
     if hp["schedule"] not in SCHEDULES:
         raise ValueError(f"schedule must be 'cosine', 'step' or 'constant', got {hp['schedule']!r}")
@@ -125,6 +138,12 @@ def after_step(net: nn.Module, optimizer: Any, hp: Mapping[str, Any], where: str
             f"a gate became non-finite at {where}; the run stops before any snapshot or surgery writes a broken "
             "model. Fix: lower lr, gate_lr or gamma"
         )
+
+
+def penalty_active(hp: Mapping[str, Any], step: int, total_steps: int) -> bool:
+    """Whether the gates' L1 term applies at optimizer step ``step`` of ``total_steps``: from
+    ``ceil(penalty_start * total_steps)`` on (always, with the default ``penalty_start=0``)."""
+    return step >= math.ceil(hp.get("penalty_start", 0.0) * total_steps)
 
 
 def check_finetune(lr: float, total_steps: int, momentum: float) -> dict[str, float]:

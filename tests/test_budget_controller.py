@@ -10,7 +10,7 @@ from sss_lightning.budget import GammaController, land, projection_moves, reviva
 
 def test_inside_the_band_gamma_stays_and_outside_it_moves_towards_the_budget_bounded_per_step():
     c = GammaController(target=100.0, tolerance=0.04, gain=1.0, max_change=1.5)
-    assert not c.update(c.set_point * 1.01) and c.scale == 1.0  # inside the dead band
+    assert not c.update(c.set_point() * 1.01) and c.scale == 1.0  # inside the dead band
     assert c.update(150.0) and 1.0 < c.scale <= 1.5  # too expensive: more L1
     scale = c.scale
     assert c.update(10.0) and c.scale == pytest.approx(scale / 1.5)  # far too cheap: the largest step down
@@ -26,6 +26,40 @@ def test_in_closed_loop_on_a_network_whose_macs_fall_with_gamma_it_settles_withi
     for _ in range(60):
         c.update(plant(c.scale))
     assert c.within(plant(c.scale))
+
+
+def test_the_glide_path_runs_geometrically_from_the_unpruned_macs_to_the_budget_and_stays_there():
+    c = GammaController(target=0.25, tolerance=0.04, start=1.0, glide=0.5)
+    end = 0.25 * 1.02  # the upper half of the band
+    assert c.set_point(0.0) == pytest.approx(1.0)
+    assert c.set_point(0.25) == pytest.approx(math.sqrt(end))  # half-way in log MACs
+    assert c.set_point(0.5) == c.set_point(0.9) == c.set_point(1.0) == pytest.approx(end)
+    assert GammaController(target=0.25, tolerance=0.04, start=1.0, glide=0.0).set_point(0.0) == pytest.approx(end)
+
+
+def _lagged_run(glide: float, steps: int = 100) -> tuple[float, float]:
+    """A plant with the two things real gates do: they answer gamma with a lag, and zeros come back ten
+    times more slowly than they come (a zero gate under APG rarely revives). Returns (lowest, final) MACs."""
+    c = GammaController(target=0.4, tolerance=0.03, start=1.0, glide=glide)
+    macs = lowest = 1.0
+    for i in range(steps):
+        heading = math.exp(-0.7 * c.scale)  # where the gates head at this gamma
+        macs += (heading - macs) / (5 if heading < macs else 50)
+        lowest = min(lowest, macs)
+        c.update(macs, progress=i / (0.75 * steps))  # the deadline three quarters into the run
+    return lowest, macs
+
+
+def test_with_lagging_gates_a_glide_path_lands_without_the_undershoot_of_aiming_at_the_budget_at_once():
+    lowest, final = _lagged_run(glide=0.0)
+    assert lowest < 0.4 * 0.9  # gamma winds up before the gates answer, then they fall far below the budget
+    lowest, final = _lagged_run(glide=0.5)
+    assert lowest >= 0.4 * (1 - 0.03) and 0.4 * (1 - 0.03) <= final <= 0.4 * (1 + 0.03)
+
+
+def test_a_glide_outside_0_to_1_is_refused_with_what_it_means():
+    with pytest.raises(ValueError, match="glide must be the fraction of the run"):
+        GammaController(target=0.4, tolerance=0.03, glide=1.5)
 
 
 @pytest.mark.parametrize("wanted", [0.3, 0.5, 0.7])

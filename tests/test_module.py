@@ -219,6 +219,34 @@ def test_settle_at_fixes_the_structure_after_that_fraction_of_the_steps_and_the_
     assert module.get_extra_state()["frozen_gates"]  # resumes keep them frozen
 
 
+def test_before_penalty_start_the_gates_train_as_without_a_penalty_and_from_it_the_penalty_selects(
+    tiny_model, quiet_trainer, tiny_data
+):
+    def run(**kwargs) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        module = SSSModule(
+            tiny_model(depth=8, num_classes=4, gates="both"), settle_at=None, zero_hold=0, schedule="constant", **kwargs
+        )
+        snaps = _GateSnapshots()
+        quiet_trainer(max_epochs=2, callbacks=[snaps], limit_val_batches=0).fit(module, datamodule=tiny_data())
+        return snaps.gates  # 8 steps
+
+    late, free, early = run(gamma=1.2, penalty_start=0.5), run(gamma=0.0), run(gamma=1.2)
+    assert all(torch.equal(a, b) for a, b in zip(late[:4], free[:4], strict=True))  # steps 1-4: no L1 at all
+    assert not (late[3] == 0).any() and (early[3] == 0).any()  # the same gamma from step 1 has zeros by then
+    assert (late[-1] == 0).any()  # from step 5 the proximal step zeroes gates
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"penalty_start": 1.0}, "penalty_start must be a fraction of the training steps in"),
+    ({"penalty_start": -0.1}, "penalty_start must be a fraction of the training steps in"),
+    ({"penalty_start": 0.8, "settle_at": 0.75}, "penalty_start=0.8 is not before settle_at=0.75"),
+])  # fmt: skip
+def test_penalty_start_must_be_a_fraction_before_settle_at(kwargs, message, tiny_model):
+    with pytest.raises(ValueError, match=message):
+        SSSModule(tiny_model(depth=8, num_classes=4), **kwargs)
+
+
 @pytest.mark.parametrize("bad", [0, 1.5, -0.2, True, "half"])
 def test_settle_at_must_be_a_fraction(bad, tiny_model):
     with pytest.raises(ValueError, match="settle_at must be a fraction of the training steps in"):

@@ -37,6 +37,9 @@ def _gates_restored(net: torch.nn.Module) -> Iterator[None]:
                 p.copy_(value)
 
 
+LOOKAHEAD = ("glide", "always", "never")
+
+
 class MacsBudget(ClassNamedLegacyKey, Callback):
     """Hit a MACs budget in one run: a controller scales every gate group's ``gamma`` so that the network
     surgery would produce costs ``target_macs``, and at the end of epoch ``by_epoch`` the structure is
@@ -45,14 +48,19 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
 
     Every ``every_n_steps`` optimizer steps the pruned MACs ``m`` are measured (surgery on a copy and
     :class:`~sss_lightning.flops.MacEstimator`) and, outside a dead band of ``tolerance / 2``,
-    ``gamma <- gamma * exp(clip(gain * log(m / target), -log(max_change), log(max_change)))``: more
+    ``gamma <- gamma * exp(clip(gain * log(m / set point), -log(max_change), log(max_change)))``: more
     sparsity while the network is too expensive, less (zero gates may come back under APG) when it is
-    too cheap. ``m`` counts gates that the L1 step alone would zero within the next ``every_n_steps``
-    steps as zero already (gates fall together, so reacting to actual zeros overshoots), and the set
-    point is the upper half of the band, ``target * (1 + tolerance / 2)``. If at the deadline the network
-    is still outside the band, the fewest gates that bring it in are moved (bisection, reported): the
-    smallest non-zero ones set to zero when too expensive, the most recently alive zero ones given back
-    their last value when too cheap.
+    too cheap. The set point glides (:class:`~sss_lightning.budget.GammaController`) from the unpruned
+    network's MACs to the upper half of the band, ``target * (1 + tolerance / 2)``, geometrically over the
+    first ``glide`` of the steps to the deadline, then stays: gates answer gamma with a lag, and a set
+    point that jumps to the budget at once winds gamma up until they all fall together, far below it.
+    While the set point moves (``lookahead="glide"``), ``m`` counts gates that the L1 step alone would zero
+    within the next ``every_n_steps`` steps as zero already, so the controller reacts before they fall;
+    once it holds, ``m`` is the network's actual MACs (gates hovering near zero there are held up by their
+    gradient, and counting them as gone would steer the network above the budget). If at the deadline the
+    network is still outside the band, the fewest gates that bring it in are moved (bisection, reported):
+    the smallest non-zero ones set to zero when too expensive, the most recently alive zero ones given
+    back their last value when too cheap.
 
     Args:
         target_macs: budget in MACs (> 1), or as a fraction (<= 1) of the unpruned network's MACs.
@@ -61,6 +69,10 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
         every_n_steps: optimizer steps between two measurements.
         gain: how strongly one measurement moves gamma (log-proportional).
         max_change: largest factor gamma may change by in one measurement.
+        glide: the fraction of the steps to the deadline over which the set point comes down to the budget
+            (0: aim at the budget from the first step).
+        lookahead: when ``m`` counts gates about to fall as gone: ``"glide"`` (while the set point moves),
+            ``"always"`` or ``"never"``.
         input_size: ``(C, H, W)``; default: the shape the module recorded from its batches.
 
     Logs ``budget/macs`` (and ``budget/macs_lookahead``, what the controller steers), ``budget/target_macs``,
@@ -76,7 +88,7 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
         gain: float = 1.0,
         max_change: float = 1.5,
         glide: float = 0.5,
-        lookahead: bool = True,
+        lookahead: str = "glide",
         input_size: list[int] | None = None,
     ) -> None:
         if isinstance(target_macs, bool) or not isinstance(target_macs, (int, float)) or not target_macs > 0:
@@ -95,8 +107,11 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
         self.gain = float(gain)
         self.max_change = float(max_change)
         self.glide = float(glide)
-        if not isinstance(lookahead, bool):
-            raise ValueError(f"lookahead must be a bool, got {lookahead!r}")
+        if lookahead not in LOOKAHEAD:
+            raise ValueError(
+                f"lookahead must be one of {LOOKAHEAD} (when the controller counts gates about to fall as gone), "
+                f"got {lookahead!r}"
+            )
         self.lookahead = lookahead
         self.input_size = check_input_size(input_size)
         self.base_gamma: dict[str, float] = {}
@@ -236,8 +251,10 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
             return
         if self.history and self.history[-1]["step"] == trainer.global_step:
             return  # the same optimizer step (gradient accumulation)
-        ahead = self._measure(pl_module.net, self._lookahead(trainer) if self.lookahead else None)
-        if self.controller.update(ahead, trainer.global_step / self._deadline_step(trainer)):
+        progress = trainer.global_step / self._deadline_step(trainer)
+        look = self.lookahead == "always" or (self.lookahead == "glide" and progress < self.glide)
+        ahead = self._measure(pl_module.net, self._lookahead(trainer) if look else None)
+        if self.controller.update(ahead, progress):
             self._set_gamma(trainer)
         self._log(trainer, self._measure(pl_module.net), ahead)
 

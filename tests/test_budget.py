@@ -18,9 +18,9 @@ SIZE = [3, 8, 8]
 def make(tiny_classifier):
     """The budget's network: the tiny ResNet-20 at width 8 (a budget needs structures to choose from)."""
 
-    def build(gamma: float = 0.05) -> SSSClassifier:
+    def build(gamma: float = 0.05, **kwargs) -> SSSClassifier:
         torch.manual_seed(0)
-        return tiny_classifier(arch_kwargs={"width": 8}, gamma=gamma, input_size=SIZE)
+        return tiny_classifier(arch_kwargs={"width": 8}, gamma=gamma, input_size=SIZE, **kwargs)
 
     return build
 
@@ -90,6 +90,8 @@ def test_budget_state_round_trips():
         ({"target_macs": 0.5, "by_epoch": 2, "tolerance": 0}, r"tolerance must be in \(0, 1\)"),
         ({"target_macs": 0.5, "by_epoch": 2, "every_n_steps": 0}, "every_n_steps must be a positive int"),
         ({"target_macs": 0.5, "by_epoch": 2, "max_change": 1.0}, "max_change > 1"),
+        ({"target_macs": 0.5, "by_epoch": 2, "glide": 2}, r"glide must be the fraction of the run .* in \[0, 1\]"),
+        ({"target_macs": 0.5, "by_epoch": 2, "lookahead": True}, r"lookahead must be one of \('glide'"),
     ],
 )
 def test_bad_arguments_say_what_to_fix(kwargs, message):
@@ -104,10 +106,11 @@ def test_bad_arguments_say_what_to_fix(kwargs, message):
         (10**12, 0.05, 3, "outside what gates can reach"),
         (10, 0.05, 3, "outside what gates can reach"),
         (0.5, 0.0, 3, "set the module's gamma > 0"),
+        (0.5, 0.05, 3, "switches it off until penalty_start=0.3"),
     ],
 )
 def test_unreachable_budgets_fail_before_training(tmp_path, target, gamma, max_epochs, message, make, fit):
-    module = make(gamma=gamma)
+    module = make(gamma=gamma, **({"penalty_start": 0.3} if "penalty_start" in message else {}))
     before = [p.detach().clone() for p in module.parameters()]
     with pytest.raises(ValueError, match=message):
         fit(module, tmp_path, [MacsBudget(target, by_epoch=2)], max_epochs=max_epochs, train_size=32)

@@ -76,7 +76,8 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
         input_size: ``(C, H, W)``; default: the shape the module recorded from its batches.
 
     Logs ``budget/macs`` (and ``budget/macs_lookahead``, what the controller steers), ``budget/target_macs``,
-    ``budget/macs_over_target``, ``budget/gamma`` (the largest gate group's) and ``budget/gamma_scale``.
+    ``budget/macs_over_target``, ``budget/set_point`` (where the glide path is), ``budget/gamma`` (the largest gate
+    group's) and ``budget/gamma_scale``.
     """
 
     def __init__(

@@ -3,8 +3,9 @@
     python -m benchmarks.budget                                    # ResNet-20 on Fashion-MNIST (subset)
     python -m benchmarks.budget --epochs 2 --batches_per_epoch 10 --dataset synthetic
 
-Three runs of the same gated network, seed and data order, each with ``MacsBudget(target, by_epoch)``:
-plain penalty at full width to the end, plain penalty shrunk in training once the budget is met
+Three runs of the same network (the architecture's default gates and the default recipe), seed and data
+order, each with ``MacsBudget(target, by_epoch)``: plain penalty at full width to the end, plain penalty
+shrunk in training once the budget is met
 (``InTrainingShrink``), and the cost-weighted penalty shrunk in training. The table gives each run's wall
 time (one after the other in this process), each final network's training-step time (interleaved,
 the reliable ratio), the MACs it landed at, and validation accuracy.
@@ -42,7 +43,6 @@ def run_one(name: str, cost_weighted: bool, shrink: bool, args) -> dict:
         arch=args.arch,
         num_classes=10,
         in_channels=size[0],
-        gates="both",
         gamma=args.gamma,
         cost_weighted=cost_weighted,
         input_size=size,
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     add_run_arguments(parser, batches_per_epoch=120)
     parser.add_argument("--by_epoch", type=int, default=2)
     parser.add_argument("--target", type=float, default=0.5, help="MACs budget, a fraction of the full network's")
-    parser.add_argument("--gamma", type=float, default=0.03, help="the controller's starting gamma")
+    parser.add_argument("--gamma", type=float, default=0.01, help="the controller's starting gamma")
     parser.add_argument("--every_n_steps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timing_steps", type=int, default=20, help="interleaved steps per network, for step time")

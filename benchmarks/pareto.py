@@ -258,11 +258,10 @@ def summarize(runs: list[dict]) -> list[dict]:
         }
         key = "stability_stable_zero_fraction"
         stable = [r[key] for r in rs if r.get(key) is not None]
-        landed = [r["controller_vs_budget"] for r in rs if r.get("controller_vs_budget") is not None]
-        if landed:  # per seed, in seed order: a mean would let a run above the budget cancel one below it
-            row["controller_vs_budget"] = [
-                r["controller_vs_budget"] for r in sorted(rs, key=lambda r: r["seed"]) if "controller_vs_budget" in r
-            ]
+        # per seed, in seed order: a mean would let a run above the budget cancel one below it
+        landed = [r["controller_vs_budget"] for r in sorted(rs, key=lambda r: r["seed"]) if "controller_vs_budget" in r]
+        if landed:
+            row["controller_vs_budget"] = landed
         if stable:
             row["stable_zero_fraction"] = statistics.mean(stable)
             row["last_epoch_churn"] = statistics.mean(r["churn_per_epoch"][-1] for r in rs)

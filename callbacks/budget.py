@@ -107,7 +107,6 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
         self.every_n_steps = every_n_steps
         self.gain = float(gain)
         self.max_change = float(max_change)
-        self.glide = float(glide)
         if lookahead not in LOOKAHEAD:
             raise ValueError(
                 f"lookahead must be one of {LOOKAHEAD} (when the controller counts gates about to fall as gone), "
@@ -235,7 +234,7 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
             "macs_lookahead": macs if ahead is None else ahead,
             "target_macs": self.target,
             "macs_over_target": macs / self.target,
-            "set_point": self.controller.set_point(trainer.global_step / self._deadline_step(trainer)),
+            "set_point": self.controller.set_point(self._progress(trainer)),
             "gamma": float(gamma),
             "gamma_scale": self.scale,
         }
@@ -252,17 +251,17 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
             return
         if self.history and self.history[-1]["step"] == trainer.global_step:
             return  # the same optimizer step (gradient accumulation)
-        progress = trainer.global_step / self._deadline_step(trainer)
-        look = self.lookahead == "always" or (self.lookahead == "glide" and progress < self.glide)
+        progress = self._progress(trainer)
+        look = self.lookahead == "always" or (self.lookahead == "glide" and progress < self.controller.glide)
         ahead = self._measure(pl_module.net, self._lookahead(trainer) if look else None)
         if self.controller.update(ahead, progress):
             self._set_gamma(trainer)
         self._log(trainer, self._measure(pl_module.net), ahead)
 
-    def _deadline_step(self, trainer: L.Trainer) -> int:
-        """The optimizer step at the end of epoch ``by_epoch``: where the glide path reaches the budget."""
+    def _progress(self, trainer: L.Trainer) -> float:
+        """The run's progress towards the deadline, the end of epoch ``by_epoch`` (1.0 there)."""
         per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
-        return max(1, per_epoch * self.by_epoch)
+        return trainer.global_step / max(1, per_epoch * self.by_epoch)
 
     @torch.no_grad()
     def _remember(self, net: torch.nn.Module) -> None:

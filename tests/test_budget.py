@@ -100,17 +100,17 @@ def test_bad_arguments_say_what_to_fix(kwargs, message):
 
 
 @pytest.mark.parametrize(
-    ("target", "gamma", "max_epochs", "message"),
+    ("target", "module_kwargs", "max_epochs", "message"),
     [
-        (0.5, 0.05, 1, r"by_epoch=2\) is after the last epoch"),
-        (10**12, 0.05, 3, "outside what gates can reach"),
-        (10, 0.05, 3, "outside what gates can reach"),
-        (0.5, 0.0, 3, "set the module's gamma > 0"),
-        (0.5, 0.05, 3, "switches it off until penalty_start=0.3"),
+        (0.5, {}, 1, r"by_epoch=2\) is after the last epoch"),
+        (10**12, {}, 3, "outside what gates can reach"),
+        (10, {}, 3, "outside what gates can reach"),
+        (0.5, {"gamma": 0.0}, 3, "set the module's gamma > 0"),
+        (0.5, {"penalty_start": 0.3}, 3, "switches it off until penalty_start=0.3"),
     ],
 )
-def test_unreachable_budgets_fail_before_training(tmp_path, target, gamma, max_epochs, message, make, fit):
-    module = make(gamma=gamma, **({"penalty_start": 0.3} if "penalty_start" in message else {}))
+def test_unreachable_budgets_fail_before_training(tmp_path, target, module_kwargs, max_epochs, message, make, fit):
+    module = make(**module_kwargs)
     before = [p.detach().clone() for p in module.parameters()]
     with pytest.raises(ValueError, match=message):
         fit(module, tmp_path, [MacsBudget(target, by_epoch=2)], max_epochs=max_epochs, train_size=32)

@@ -17,6 +17,8 @@ Fashion-MNIST train split, 469 batches of 128, four times):
   stream keeps its width), the ablation of stream gates; one point per ``--block_channel_gammas`` entry;
 * ``sss_late``: the default recipe with ``penalty_start=0.5``: the full network trains half the run before
   the L1 penalty starts selecting; one point per ``--late_gammas`` entry;
+* ``sss_ramp``: the default recipe with ``penalty_ramp=0.5``: the L1 strength grows linearly from 0 to gamma
+  over the first half of the run, so structures leave gradually; one point per ``--ramp_gammas`` entry;
 * ``sss_budget``: the default recipe steered to a MACs budget by :class:`~sss_lightning.callbacks.MacsBudget`, whose
   structure is fixed at epoch ``epochs - finetune_epochs`` and then trained shrunk; one point per budget;
 * ``uniform``: a thinner network (one width per point) trained from scratch;
@@ -52,8 +54,18 @@ from sss_lightning.io import save_pruned
 from sss_lightning.models import build_model
 from sss_lightning.module import SSSClassifier
 
-METHODS = ("unpruned", "sss", "sss_block_channel", "sss_late", "sss_budget", "uniform", "slimming", "depgraph")
-SSS_METHODS = ("sss", "sss_block_channel", "sss_late", "sss_budget")
+METHODS = (
+    "unpruned",
+    "sss",
+    "sss_block_channel",
+    "sss_late",
+    "sss_ramp",
+    "sss_budget",
+    "uniform",
+    "slimming",
+    "depgraph",
+)
+SSS_METHODS = ("sss", "sss_block_channel", "sss_late", "sss_ramp", "sss_budget")
 MATCHED = ("slimming", "depgraph")
 # SSS methods with one point per gamma: the argument that lists their gammas, and how they differ from the
 # default recipe (SSSClassifier's arguments)
@@ -61,12 +73,14 @@ GAMMA_POINTS: dict[str, tuple[str, dict[str, Any]]] = {
     "sss": ("gammas", {}),
     "sss_block_channel": ("block_channel_gammas", {"gates": "both"}),
     "sss_late": ("late_gammas", {"penalty_start": 0.5}),
+    "sss_ramp": ("ramp_gammas", {"penalty_ramp": 0.5}),
 }
 NAMES = {
     "unpruned": "unpruned",
     "sss": "SSS (default recipe)",
     "sss_block_channel": "SSS, block + channel gates only",
     "sss_late": "SSS, penalty from half-way",
+    "sss_ramp": "SSS, penalty ramped over half the run",
     "sss_budget": "SSS + MacsBudget",
     "uniform": "uniform width",
     "slimming": "Network Slimming (TP)",
@@ -360,6 +374,7 @@ def plot(rows: list[dict], args, path: Path) -> None:
         "sss": "o-",
         "sss_block_channel": "v-",
         "sss_late": "D-",
+        "sss_ramp": "X-",
         "sss_budget": "P",
         "uniform": "D:",
         "slimming": "s",
@@ -400,6 +415,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         default=[],
         help="SSS points with the penalty from half-way (penalty_start=0.5)",
     )
+    parser.add_argument(
+        "--ramp_gammas",
+        type=list[float],
+        default=[],
+        help="SSS points with the penalty ramped from 0 over the first half of the run (penalty_ramp=0.5)",
+    )
     parser.add_argument("--budgets", type=list[float], default=[0.4], help="SSS + MacsBudget targets")
     parser.add_argument("--budget_gamma", type=float, default=0.01, help="SSS + MacsBudget's starting gamma")
     parser.add_argument("--widths", type=list[int], default=[13, 10, 7], help="uniform widths (16 = unpruned)")
@@ -408,7 +429,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         type=list[str],
         default=None,
         help="SSS points the TP baselines prune to, as sss:<gamma> / sss_block_channel:<gamma> / "
-        "sss_budget:<budget> (default: every sss, sss_block_channel and sss_late gamma)",
+        "sss_budget:<budget> (default: every gamma of the SSS gamma points)",
     )
     parser.add_argument("--match_tolerance", type=float, default=0.01, help="relative MACs gap of matched baselines")
     parser.add_argument("--out", type=str | None, default=None, help="default: benchmarks/results/pareto_<arch>")

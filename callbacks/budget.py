@@ -159,12 +159,14 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        start = getattr(pl_module, "hparams", {}).get("penalty_start", 0.0)
-        if start:
+        hp = getattr(pl_module, "hparams", {})
+        start, ramp = hp.get("penalty_start", 0.0), hp.get("penalty_ramp", 0.0)
+        if start or ramp:
             raise ValueError(
-                f"MacsBudget steers the L1 penalty from the first step, and the module switches it off until "
-                f"penalty_start={start!r}, so the controller would wind gamma up while nothing can fall. Fix: "
-                "penalty_start=0 (the budget's glide path already keeps the network wide early on)"
+                f"MacsBudget steers the L1 penalty from the first step, and the module scales it down "
+                f"(penalty_start={start!r}, penalty_ramp={ramp!r}), so the controller would wind gamma up while "
+                "the gates cannot follow. Fix: penalty_start=0 and penalty_ramp=0 (the budget's glide path already "
+                "keeps the network wide early on)"
             )
         pl_module.settled_by = "MacsBudget"  # the budget's deadline fixes the structure, not the module's settle_at
         size = require_input_size(self.input_size, pl_module, "MacsBudget")

@@ -137,13 +137,15 @@ class GateGroup:
         self.group["gamma"] = float(value)
 
     @property
-    def l1_active(self) -> bool:
-        """Whether the group's L1 term is applied (False: its ``gamma`` is kept but the step uses 0)."""
-        return bool(self.group.get("l1_active", True))
+    def l1_scale(self) -> float:
+        """The factor in [0, 1] on the group's L1 term (0: its ``gamma`` is kept but the step uses none)."""
+        return float(self.group.get("l1_scale", 1.0))
 
-    @l1_active.setter
-    def l1_active(self, value: bool) -> None:
-        self.group["l1_active"] = bool(value)
+    @l1_scale.setter
+    def l1_scale(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError(f"{self.name}: l1_scale must be a number in [0, 1], got {value!r}")
+        self.group["l1_scale"] = float(value)
 
     @property
     def zero_hold(self) -> int:

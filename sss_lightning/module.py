@@ -80,6 +80,10 @@ class SSSModule(L.LightningModule):
             steps and are rescaled, nothing is pulled to zero), so the structure is selected from a network
             trained at full width; ``gamma`` must then be larger to reach the same sparsity in the shorter
             window. Must be before ``settle_at``.
+        penalty_ramp: the fraction of the training steps over which the L1 strength grows linearly from 0
+            (at ``penalty_start``) to ``gamma``, so the gates shrink slowly while the network is young and
+            structures leave gradually rather than at once (0: the full ``gamma`` at once). The ramp must end
+            by ``settle_at``.
     """
 
     def __init__(
@@ -104,6 +108,7 @@ class SSSModule(L.LightningModule):
         gate_momentum_units: Literal["gradient", "parameter"] = "gradient",
         settle_at: float | None = 0.75,
         penalty_start: float = 0.0,
+        penalty_ramp: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
@@ -172,12 +177,11 @@ class SSSModule(L.LightningModule):
         return loss
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self.hparams.get("penalty_start", 0.0) and self._trainer is not None:
-            active = recipe.penalty_active(
-                self.hparams, self.trainer.global_step, self.trainer.estimated_stepping_batches
-            )
+        hp = self.hparams
+        if (hp.get("penalty_start", 0.0) or hp.get("penalty_ramp", 0.0)) and self._trainer is not None:
+            scale = recipe.penalty_scale(hp, self.trainer.global_step, self.trainer.estimated_stepping_batches)
             for group in gate_groups(self.trainer.optimizers[0]):
-                group.l1_active = active
+                group.l1_scale = scale
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """The optimizer step, then the recipe's gate rescaling and its check that no gate became non-finite,

@@ -99,9 +99,9 @@ def soft_threshold(x: Tensor, threshold: float) -> Tensor:
 
 
 def active_gamma(group: dict[str, Any]) -> float:
-    """The L1 strength a param group's step applies: its ``gamma``, or 0 while ``l1_active`` is False (a
-    penalty schedule that has not started yet keeps the group's gamma and switches the term off)."""
-    return float(group["gamma"]) if group.get("l1_active", True) else 0.0
+    """The L1 strength a param group's step applies: its ``gamma`` times its ``l1_scale`` (default 1; a
+    penalty schedule keeps the group's gamma and scales the term, 0 before it starts)."""
+    return float(group["gamma"]) * float(group.get("l1_scale", 1.0))
 
 
 class APG(Optimizer):

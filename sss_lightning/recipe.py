@@ -30,7 +30,7 @@ __all__ = [
     "cost_weights",
     "after_step",
     "check_finetune",
-    "penalty_active",
+    "penalty_scale",
 ]
 
 SCHEDULES = ("cosine", "step", "constant")
@@ -88,6 +88,19 @@ def check_recipe(hp: Mapping[str, Any]) -> bool:
             f"penalty_start={start!r} is not before settle_at={settle!r}: the structure would be fixed before the "
             "penalty selects any. Fix: penalty_start < settle_at"
         )
+    ramp = hp.get("penalty_ramp", 0.0)
+    if isinstance(ramp, bool) or not isinstance(ramp, (int, float)) or not 0 <= ramp < 1:
+        raise ValueError(
+            f"penalty_ramp must be a fraction of the training steps in [0, 1), got {ramp!r}; e.g. 0.5 grows the "
+            "L1 strength linearly from 0 to gamma over the first half of the run"
+        )
+    end, limit = start + ramp, 1.0 if settle is None else settle
+    if ramp and end > limit + 1e-12:
+        where = "the end of the run" if settle is None else f"settle_at={settle!r} fixes the structure"
+        raise ValueError(
+            f"penalty_start + penalty_ramp = {end:g} is after {where}: the gates would never see the full gamma. "
+            f"Fix: penalty_start + penalty_ramp <= {limit:g}"
+        )
     if hp["schedule"] not in SCHEDULES:
         raise ValueError(f"schedule must be 'cosine', 'step' or 'constant', got {hp['schedule']!r}")
     milestones = hp["milestones"]
@@ -140,10 +153,14 @@ def after_step(net: nn.Module, optimizer: Any, hp: Mapping[str, Any], where: str
         )
 
 
-def penalty_active(hp: Mapping[str, Any], step: int, total_steps: int) -> bool:
-    """Whether the gates' L1 term applies at optimizer step ``step`` of ``total_steps``: from
-    ``ceil(penalty_start * total_steps)`` on (always, with the default ``penalty_start=0``)."""
-    return step >= math.ceil(hp.get("penalty_start", 0.0) * total_steps)
+def penalty_scale(hp: Mapping[str, Any], step: int, total_steps: int) -> float:
+    """The factor in [0, 1] on the gates' L1 term at optimizer step ``step`` of ``total_steps``: 0 before
+    ``penalty_start``, then rising linearly to 1 over ``penalty_ramp`` of the steps (at once without a
+    ramp: 1 from step ``ceil(penalty_start * total_steps)``); always 1 with the defaults."""
+    start, ramp = hp.get("penalty_start", 0.0) * total_steps, hp.get("penalty_ramp", 0.0) * total_steps
+    if not ramp:
+        return 1.0 if step >= math.ceil(start) else 0.0
+    return min(1.0, max(0.0, (step - start) / ramp))
 
 
 def check_finetune(lr: float, total_steps: int, momentum: float) -> dict[str, float]:

@@ -106,7 +106,8 @@ def test_bad_arguments_say_what_to_fix(kwargs, message):
         (10**12, {}, 3, "outside what gates can reach"),
         (10, {}, 3, "outside what gates can reach"),
         (0.5, {"gamma": 0.0}, 3, "set the module's gamma > 0"),
-        (0.5, {"penalty_start": 0.3}, 3, "switches it off until penalty_start=0.3"),
+        (0.5, {"penalty_start": 0.3}, 3, r"scales it down \(penalty_start=0.3, penalty_ramp=0.0\)"),
+        (0.5, {"penalty_ramp": 0.5}, 3, r"scales it down \(penalty_start=0.0, penalty_ramp=0.5\)"),
     ],
 )
 def test_unreachable_budgets_fail_before_training(tmp_path, target, module_kwargs, max_epochs, message, make, fit):

@@ -1,8 +1,10 @@
+import lightning as L
 import pytest
 import torch
 from torch import nn
 
 from sss_lightning import SSSClassifier, SSSModule
+from sss_lightning.gate_groups import gate_groups
 from sss_lightning.gates import ChannelGate, gate_parameters, iter_gates, sparsity
 from sss_lightning.optim import APG
 
@@ -237,10 +239,46 @@ def test_before_penalty_start_the_gates_train_as_without_a_penalty_and_from_it_t
     assert (late[-1] == 0).any()  # from step 5 the proximal step zeroes gates
 
 
+def test_the_penalty_ramp_scales_the_l1_term_linearly_from_its_start_to_full_gamma(
+    tiny_model, quiet_trainer, tiny_data
+):
+    class Scales(L.Callback):
+        def __init__(self) -> None:
+            self.scales: list[float] = []
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+            self.scales.append(gate_groups(optimizer)[0].l1_scale)
+
+    def run(**kwargs) -> tuple[list[float], list[torch.Tensor]]:
+        torch.manual_seed(0)
+        module = SSSModule(
+            tiny_model(depth=8, num_classes=4, gates="both"), settle_at=None, zero_hold=0, schedule="constant",
+            gate_rescale=False, **kwargs,
+        )  # fmt: skip
+        scales, snaps = Scales(), _GateSnapshots()
+        quiet_trainer(max_epochs=2, callbacks=[scales, snaps], limit_val_batches=0).fit(module, datamodule=tiny_data())
+        return scales.scales, snaps.gates  # 8 steps
+
+    scales, ramped = run(gamma=0.05, penalty_start=0.25, penalty_ramp=0.5)
+    assert scales == [0.0, 0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0]  # 0 up to step 2 (= 0.25 x 8), full from step 6
+    free_scales, free = run(gamma=0.0)
+    assert free_scales == [1.0] * 8  # no schedule: the optimizer's own gamma, untouched
+    assert all(torch.equal(a, b) for a, b in zip(ramped[:3], free[:3], strict=True))  # no L1 before the ramp
+    _, full = run(gamma=0.05, penalty_start=0.375)  # the whole gamma at once from step 3
+    assert torch.equal(full[2], free[2])
+    pull_ramped, pull_full = free[3] - ramped[3], free[3] - full[3]  # step 3's L1 pull, from the same state
+    assert (pull_full > 0).all()
+    torch.testing.assert_close(4 * pull_ramped, pull_full)  # a quarter of gamma pulls a quarter as far
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"penalty_start": 1.0}, "penalty_start must be a fraction of the training steps in"),
     ({"penalty_start": -0.1}, "penalty_start must be a fraction of the training steps in"),
     ({"penalty_start": 0.8, "settle_at": 0.75}, "penalty_start=0.8 is not before settle_at=0.75"),
+    ({"penalty_ramp": 1.0, "settle_at": None}, "penalty_ramp must be a fraction of the training steps in"),
+    ({"penalty_ramp": True}, "penalty_ramp must be a fraction of the training steps in"),
+    ({"penalty_ramp": 0.8}, r"penalty_start \+ penalty_ramp = 0.8 is after settle_at=0.75 fixes the structure"),
+    ({"penalty_start": 0.5, "penalty_ramp": 0.6, "settle_at": None}, r"= 1.1 is after the end of the run"),
 ])  # fmt: skip
 def test_penalty_start_must_be_a_fraction_before_settle_at(kwargs, message, tiny_model):
     with pytest.raises(ValueError, match=message):

@@ -54,18 +54,20 @@ from sss_lightning.io import save_pruned
 from sss_lightning.models import build_model
 from sss_lightning.module import SSSClassifier
 
-METHODS = (
-    "unpruned",
-    "sss",
-    "sss_block_channel",
-    "sss_late",
-    "sss_ramp",
-    "sss_budget",
-    "uniform",
-    "slimming",
-    "depgraph",
-)
-SSS_METHODS = ("sss", "sss_block_channel", "sss_late", "sss_ramp", "sss_budget")
+# every method, in table order: its label in the report and its marker in the plot
+METHODS_TABLE: dict[str, tuple[str, str]] = {
+    "unpruned": ("unpruned", "k*"),
+    "sss": ("SSS (default recipe)", "o-"),
+    "sss_block_channel": ("SSS, block + channel gates only", "v-"),
+    "sss_late": ("SSS, penalty from half-way", "D-"),
+    "sss_ramp": ("SSS, penalty ramped over half the run", "X-"),
+    "sss_budget": ("SSS + MacsBudget", "P"),
+    "uniform": ("uniform width", "D:"),
+    "slimming": ("Network Slimming (TP)", "s"),
+    "depgraph": ("DepGraph (TP)", "^"),
+}
+METHODS = tuple(METHODS_TABLE)
+NAMES = {method: label for method, (label, _) in METHODS_TABLE.items()}
 MATCHED = ("slimming", "depgraph")
 # SSS methods with one point per gamma: the argument that lists their gammas, and how they differ from the
 # default recipe (SSSClassifier's arguments)
@@ -75,17 +77,7 @@ GAMMA_POINTS: dict[str, tuple[str, dict[str, Any]]] = {
     "sss_late": ("late_gammas", {"penalty_start": 0.5}),
     "sss_ramp": ("ramp_gammas", {"penalty_ramp": 0.5}),
 }
-NAMES = {
-    "unpruned": "unpruned",
-    "sss": "SSS (default recipe)",
-    "sss_block_channel": "SSS, block + channel gates only",
-    "sss_late": "SSS, penalty from half-way",
-    "sss_ramp": "SSS, penalty ramped over half the run",
-    "sss_budget": "SSS + MacsBudget",
-    "uniform": "uniform width",
-    "slimming": "Network Slimming (TP)",
-    "depgraph": "DepGraph (TP)",
-}
+SSS_METHODS = (*GAMMA_POINTS, "sss_budget")
 KEY = ("arch", "dataset", "epochs", "batches_per_epoch", "method", "knob", "seed")
 
 
@@ -370,22 +362,11 @@ def plot(rows: list[dict], args, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    styles = {
-        "sss": "o-",
-        "sss_block_channel": "v-",
-        "sss_late": "D-",
-        "sss_ramp": "X-",
-        "sss_budget": "P",
-        "uniform": "D:",
-        "slimming": "s",
-        "depgraph": "^",
-        "unpruned": "k*",
-    }
     for method in METHODS:
         pts = sorted((r["macs_ratio"], r["acc_mean"], r["acc_std"]) for r in rows if r["method"] == method)
         if pts:
             xs, ys, es = zip(*pts, strict=True)
-            ax.errorbar(xs, ys, yerr=es, fmt=styles[method], label=NAMES[method], capsize=3, ms=6)
+            ax.errorbar(xs, ys, yerr=es, fmt=METHODS_TABLE[method][1], label=NAMES[method], capsize=3, ms=6)
     ax.set(
         xlabel="MACs / unpruned network",
         ylabel="test accuracy",

@@ -72,28 +72,23 @@ def check_recipe(hp: Mapping[str, Any]) -> bool:
     if not isinstance(hp["gate_rescale"], bool):
         raise ValueError(f"gate_rescale must be a bool, got {hp['gate_rescale']!r}")
     settle = hp["settle_at"]
-    if settle is not None and (isinstance(settle, bool) or not isinstance(settle, (int, float)) or not 0 < settle <= 1):
-        raise ValueError(
-            f"settle_at must be a fraction of the training steps in (0, 1] or None, got {settle!r}; e.g. 0.75 "
-            "fixes the structure after three quarters of the run"
+    if settle is not None:
+        _check_fraction(
+            "settle_at", settle, "(0, 1] or None", "0.75 fixes the structure after three quarters of the run"
         )
-    start = hp.get("penalty_start", 0.0)
-    if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0 <= start < 1:
-        raise ValueError(
-            f"penalty_start must be a fraction of the training steps in [0, 1), got {start!r}; e.g. 0.5 trains the "
-            "full network for half the run before the L1 penalty starts selecting"
-        )
+    start = _check_fraction(
+        "penalty_start", hp.get("penalty_start", 0.0), "[0, 1)",
+        "0.5 trains the full network for half the run before the L1 penalty starts selecting",
+    )  # fmt: skip
     if settle is not None and start >= settle:
         raise ValueError(
             f"penalty_start={start!r} is not before settle_at={settle!r}: the structure would be fixed before the "
             "penalty selects any. Fix: penalty_start < settle_at"
         )
-    ramp = hp.get("penalty_ramp", 0.0)
-    if isinstance(ramp, bool) or not isinstance(ramp, (int, float)) or not 0 <= ramp < 1:
-        raise ValueError(
-            f"penalty_ramp must be a fraction of the training steps in [0, 1), got {ramp!r}; e.g. 0.5 grows the "
-            "L1 strength linearly from 0 to gamma over the first half of the run"
-        )
+    ramp = _check_fraction(
+        "penalty_ramp", hp.get("penalty_ramp", 0.0), "[0, 1)",
+        "0.5 grows the L1 strength linearly from 0 to gamma over the first half of the run",
+    )  # fmt: skip
     end, limit = start + ramp, 1.0 if settle is None else settle
     if ramp and end > limit + 1e-12:
         where = "the end of the run" if settle is None else f"settle_at={settle!r} fixes the structure"
@@ -107,6 +102,19 @@ def check_recipe(hp: Mapping[str, Any]) -> bool:
     if hp["schedule"] == "step" and (not milestones or list(milestones) != sorted(milestones)):
         raise ValueError(f"milestones must be a non-empty increasing list of epochs, got {milestones!r}")
     return nonnegative
+
+
+# the ranges a fraction of the training steps may take, as the error message writes them
+_INTERVALS = {"(0, 1] or None": lambda x: 0 < x <= 1, "[0, 1)": lambda x: 0 <= x < 1}
+
+
+def _check_fraction(name: str, value: Any, interval: str, example: str) -> float:
+    """``value`` as a fraction of the training steps inside ``interval``, or a ``ValueError`` saying so."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not _INTERVALS[interval](value):
+        raise ValueError(
+            f"{name} must be a fraction of the training steps in {interval}, got {value!r}; e.g. {example}"
+        )
+    return value
 
 
 def param_groups(

@@ -22,7 +22,7 @@ import torch
 from jsonargparse import ArgumentParser
 
 from benchmarks.common import add_run_arguments, check_run_arguments, datamodule, quiet_trainer
-from benchmarks.report import write_report
+from benchmarks.report import png_figure, write_report
 from sss_lightning.callbacks import InTrainingShrink, MacsBudget
 from sss_lightning.flops import count_flops
 from sss_lightning.module import SSSClassifier
@@ -146,25 +146,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 def _plot(rows: list[dict], args, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for row in rows:
-        steps = [c[0] for c in row["budget_curve"]]
-        left.plot(steps, [c[1] for c in row["budget_curve"]], label=row["run"])
-        right.plot(steps, [c[2] for c in row["budget_curve"]], label=row["run"])
-    left.axhline(args.target, color="k", ls="--", lw=1, label="budget")
-    left.set(xlabel="optimizer step", ylabel="MACs after surgery / full", title="Budget vs current MACs")
-    right.set(xlabel="optimizer step", ylabel="gamma", yscale="log", title="Controller's gamma")
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with png_figure(path, ncols=2, figsize=(10, 3.8)) as (left, right):
+        for row in rows:
+            steps = [c[0] for c in row["budget_curve"]]
+            left.plot(steps, [c[1] for c in row["budget_curve"]], label=row["run"])
+            right.plot(steps, [c[2] for c in row["budget_curve"]], label=row["run"])
+        left.axhline(args.target, color="k", ls="--", lw=1, label="budget")
+        left.set(xlabel="optimizer step", ylabel="MACs after surgery / full", title="Budget vs current MACs")
+        right.set(xlabel="optimizer step", ylabel="gamma", yscale="log", title="Controller's gamma")
+        for ax in (left, right):
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
 
 
 if __name__ == "__main__":

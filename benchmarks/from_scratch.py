@@ -22,7 +22,7 @@ from jsonargparse import ArgumentParser
 from torch import nn
 
 from benchmarks.common import RunLog, add_run_arguments, check_run_arguments, datamodule, quiet_trainer
-from benchmarks.report import write_report
+from benchmarks.report import png_figure, write_report
 from sss_lightning.flops import count_flops
 from sss_lightning.io import load_pruned
 from sss_lightning.models import build_model
@@ -86,20 +86,12 @@ def report(runs: list[dict], args) -> str:
 
 
 def plot(runs: list[dict], args, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for r in runs:
-        ax.plot(r["macs_ratio"], r["val_acc"], "o")
-        ax.annotate(f"{Path(r['file']).stem} s{r['seed']}", (r["macs_ratio"], r["val_acc"]), fontsize=7)
-    ax.set(xlabel="MACs / unpruned network", ylabel="test accuracy, from scratch", title=f"{args.arch}: structures")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with png_figure(path) as ax:
+        for r in runs:
+            ax.plot(r["macs_ratio"], r["val_acc"], "o")
+            ax.annotate(f"{Path(r['file']).stem} s{r['seed']}", (r["macs_ratio"], r["val_acc"]), fontsize=7)
+        ax.set(xlabel="MACs / unpruned network", ylabel="test accuracy, from scratch", title=f"{args.arch}: structures")
+        ax.grid(alpha=0.3)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -47,7 +47,7 @@ import lightning as L
 from jsonargparse import ArgumentParser
 
 from benchmarks.common import RunLog, add_run_arguments, check_run_arguments, datamodule, quiet_trainer
-from benchmarks.report import write_report
+from benchmarks.report import png_figure, write_report
 from sss_lightning.callbacks import GateMonitor, InTrainingShrink, MacsBudget, StructuralSurgery
 from sss_lightning.flops import count_flops
 from sss_lightning.io import save_pruned
@@ -356,27 +356,19 @@ def report(rows: list[dict], cmps: list[dict], args) -> str:
 
 
 def plot(rows: list[dict], args, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for method in METHODS:
-        pts = sorted((r["macs_ratio"], r["acc_mean"], r["acc_std"]) for r in rows if r["method"] == method)
-        if pts:
-            xs, ys, es = zip(*pts, strict=True)
-            ax.errorbar(xs, ys, yerr=es, fmt=METHODS_TABLE[method][1], label=NAMES[method], capsize=3, ms=6)
-    ax.set(
-        xlabel="MACs / unpruned network",
-        ylabel="test accuracy",
-        title=f"{args.arch} on {args.dataset}: {_steps(args)} steps, seeds {args.seeds}",
-    )
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with png_figure(path) as ax:
+        for method in METHODS:
+            pts = sorted((r["macs_ratio"], r["acc_mean"], r["acc_std"]) for r in rows if r["method"] == method)
+            if pts:
+                xs, ys, es = zip(*pts, strict=True)
+                ax.errorbar(xs, ys, yerr=es, fmt=METHODS_TABLE[method][1], label=NAMES[method], capsize=3, ms=6)
+        ax.set(
+            xlabel="MACs / unpruned network",
+            ylabel="test accuracy",
+            title=f"{args.arch} on {args.dataset}: {_steps(args)} steps, seeds {args.seeds}",
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

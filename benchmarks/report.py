@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,3 +17,21 @@ def write_report(out: str | Path, table: str, result: Any) -> Path:
     out.with_suffix(".md").write_text(table + "\n")
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     return out
+
+
+@contextmanager
+def png_figure(path: str | Path, ncols: int = 1, figsize: tuple[float, float] = (6.4, 4.4)) -> Iterator[Any]:
+    """The axes of a new figure (one, or a tuple of ``ncols``), drawn without a display and saved as the PNG
+    ``path`` (120 dpi) when the block ends."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, ncols, figsize=figsize)
+    try:
+        yield axes
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)

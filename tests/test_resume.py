@@ -6,17 +6,18 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from sss_lightning.callbacks import FreezeGates, GateMonitor, PruningSnapshot
+from sss_lightning.gates import gate_parameters
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
 def make(tiny_classifier):
-    """make(): the tiny classifier (gamma 0.3, cosine schedule), built from seed 0."""
+    """make(**overrides): the tiny classifier (gamma 0.3, cosine schedule), built from seed 0."""
 
-    def make():
+    def make(**overrides):
         torch.manual_seed(0)
-        return tiny_classifier(gamma=0.3, schedule="cosine")
+        return tiny_classifier(**{"gamma": 0.3, "schedule": "cosine", **overrides})
 
     return make
 
@@ -34,14 +35,15 @@ class Kill(L.Callback):
 
 @pytest.fixture(scope="session")
 def fit(make, quiet_trainer, tiny_data):
-    """fit(root, callbacks, ckpt_path=None, kill=None): (module, trainer) of a 4-epoch run on tiny_data (4 batches
-    an epoch) with an epoch-end last.ckpt; ``kill`` raises at that step, as a crash would."""
+    """fit(root, callbacks, ckpt_path=None, kill=None, **overrides): (module, trainer) of a 4-epoch run on tiny_data
+    (4 batches an epoch) with an epoch-end last.ckpt; ``kill`` raises at that step, as a crash would; ``overrides``
+    go to make()."""
 
-    def fit(root, callbacks, ckpt_path=None, kill=None):
+    def fit(root, callbacks, ckpt_path=None, kill=None, **overrides):
         ckpt = ModelCheckpoint(dirpath=root / "ckpt", save_last=True, enable_version_counter=False)
         kills = [Kill(kill)] if kill is not None else []
         trainer = quiet_trainer(root, [*callbacks, ckpt, *kills], max_epochs=4, enable_checkpointing=True)
-        module = make()
+        module = make(**overrides)
         L.seed_everything(0)
         try:
             trainer.fit(module, datamodule=tiny_data(), ckpt_path=ckpt_path)
@@ -86,6 +88,18 @@ def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(tmp_path, run)
     steps = [h["step"] for h in monitor.history]
     assert steps == [h["step"] for h in whole_monitor.history] and steps == sorted(steps)  # no step goes back
     assert freeze.frozen_at == whole_freeze.frozen_at
+
+
+def test_a_run_resumed_in_the_middle_of_its_penalty_ramp_matches_an_uninterrupted_one(tmp_path, fit):
+    ramp = {"gamma": 3.0, "penalty_start": 0.25, "penalty_ramp": 0.5}  # 16 steps: L1 from step 4, full from 12
+    whole, whole_trainer = fit(tmp_path / "whole", [], **ramp)
+    fit(tmp_path / "cut", [], kill=9, **ramp)  # last.ckpt is from step 8, half-way up the ramp
+    resumed, trainer = fit(tmp_path / "cut", [], ckpt_path=tmp_path / "cut" / "ckpt" / "last.ckpt", **ramp)
+
+    assert trainer.global_step == whole_trainer.global_step == 16
+    for (name, a), b in zip(whole.net.state_dict().items(), resumed.net.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    assert any((p == 0).any() for p in gate_parameters(whole.net))  # the ramp did select
 
 
 def test_resume_during_finetuning_rebuilds_the_pruned_network_and_its_optimizer(tmp_path, fit):

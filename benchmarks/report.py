@@ -21,7 +21,7 @@ def write_report(out: str | Path, table: str, result: Any) -> Path:
 
 @contextmanager
 def png_figure(path: str | Path, ncols: int = 1, figsize: tuple[float, float] = (6.4, 4.4)) -> Iterator[Any]:
-    """The axes of a new figure (one, or a tuple of ``ncols``), drawn without a display and saved as the PNG
+    """The axes of a new figure (one, or an array of ``ncols`` to unpack), drawn without a display and saved as the PNG
     ``path`` (120 dpi) when the block ends."""
     import matplotlib
 

@@ -308,7 +308,7 @@ def _input_size(option: str, value: list[int] | None) -> list[int] | None:
     if value is None:
         return None
     if len(value) != 3 or any(isinstance(v, bool) or v < 1 for v in value):
-        raise ConfigError(f"{option} must be three positive ints C H W (e.g. 3 32 32), got {list(value)}")
+        raise ConfigError(f"{option} must be three positive ints [C,H,W] (e.g. [3,32,32]), got {list(value)}")
     return list(value)
 
 
@@ -355,7 +355,7 @@ def prune_command(argv: list[str]) -> Path:
         ) from err
     size = input_size or info.get("input_shape")
     if not size:
-        raise ConfigError(f"--ckpt {ckpt} records no input shape; pass --input_size C H W")
+        raise ConfigError(f"--ckpt {ckpt} records no input shape; pass --input_size [C,H,W], e.g. [3,32,32]")
     gated = module.net
     if not list(iter_gates(gated)):
         rank_zero_warn(
@@ -449,7 +449,7 @@ def export_command(argv: list[str]) -> Path:
         raise ConfigError(f"--model: {err}") from err
     size = input_size or model.sss_metadata.get("input_size")
     if not size:
-        raise ConfigError(f"--model {model_path} records no input size; pass --input_size C H W")
+        raise ConfigError(f"--model {model_path} records no input size; pass --input_size [C,H,W], e.g. [3,32,32]")
     try:
         path, diff = export_model(model, out, size, args.format)
     except ImportError as err:

@@ -83,7 +83,7 @@ class SSSModule(L.LightningModule):
         penalty_ramp: the fraction of the training steps over which the L1 strength grows linearly from 0
             (at ``penalty_start``) to ``gamma``, so the gates shrink slowly while the network is young and
             structures leave gradually rather than at once (0: the full ``gamma`` at once). The ramp must end
-            by ``settle_at``.
+            before ``settle_at``.
     """
 
     def __init__(
@@ -125,7 +125,7 @@ class SSSModule(L.LightningModule):
             raise ValueError(
                 f"{type(self.net).__name__} has no gates, so SSS has nothing to select. Fix: add "
                 "sss_lightning.gates.ChannelGate/GroupGate/BlockGate modules to it, or build a registry "
-                "model with gates='block', 'channel' or 'both'."
+                "model with gates='block', 'channel', 'both' or 'all'."
             )
         self._streams_checked = self.example_input_array is not None
         if self._streams_checked:  # a wrongly declared stream is an error now, not a wrong pruned network
@@ -177,9 +177,9 @@ class SSSModule(L.LightningModule):
         return loss
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        hp = self.hparams
-        if (hp.get("penalty_start", 0.0) or hp.get("penalty_ramp", 0.0)) and self._trainer is not None:
-            scale = recipe.penalty_scale(hp, self.trainer.global_step, self.trainer.estimated_stepping_batches)
+        if self._trainer is not None:  # every step: a resumed optimizer state carries the scale it was saved with
+            steps = self.trainer.estimated_stepping_batches
+            scale = recipe.penalty_scale(self.hparams, self.trainer.global_step, steps)
             for group in gate_groups(self.trainer.optimizers[0]):
                 group.l1_scale = scale
 
@@ -204,6 +204,7 @@ class SSSModule(L.LightningModule):
         rank_zero_info(f"{type(self).__name__}: {reason}: gates frozen")
 
     def on_train_start(self) -> None:
+        recipe.check_penalty_steps(self.hparams, self.trainer.estimated_stepping_batches)
         accumulate, batches = self.trainer.accumulate_grad_batches, self.trainer.num_training_batches
         if accumulate > batches:
             raise ValueError(

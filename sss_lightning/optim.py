@@ -181,14 +181,14 @@ class APG(Optimizer):
 
     def threshold(self, group: dict[str, Any] | int = 0) -> float:
         """How far one step of ``group`` (a param group or its index) moves an entry towards 0 through the
-        L1 term alone: ``lr * gamma`` for the proximal modes and for ``"sgd"`` (its subgradient step)."""
+        L1 term alone: ``lr * gamma * l1_scale`` for the proximal modes and for ``"sgd"`` (its subgradient step)."""
         if isinstance(group, int):
             group = self.param_groups[group]
         return float(group["lr"] * active_gamma(group))
 
     def l1_drift(self, group: dict[str, Any] | int, steps: int) -> float:
         """How far the L1 term alone moves an entry towards 0 over ``steps`` steps at the current learning
-        rate: ``steps * lr * gamma``, amplified by ``1 / (1 - momentum)`` where momentum accumulates it
+        rate: ``steps * lr * gamma * l1_scale``, amplified by ``1 / (1 - momentum)`` where momentum accumulates it
         (``"apg"`` and ``"sgd"``; ``"ista"`` keeps no momentum)."""
         if isinstance(group, int):
             group = self.param_groups[group]

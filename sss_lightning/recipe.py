@@ -31,6 +31,7 @@ __all__ = [
     "after_step",
     "check_finetune",
     "penalty_scale",
+    "check_penalty_steps",
 ]
 
 SCHEDULES = ("cosine", "step", "constant")
@@ -90,11 +91,11 @@ def check_recipe(hp: Mapping[str, Any]) -> bool:
         "0.5 grows the L1 strength linearly from 0 to gamma over the first half of the run",
     )  # fmt: skip
     end, limit = start + ramp, 1.0 if settle is None else settle
-    if ramp and end > limit + 1e-12:
-        where = "the end of the run" if settle is None else f"settle_at={settle!r} fixes the structure"
+    if ramp and end >= limit:
+        where = "the end of the run" if settle is None else f"settle_at={settle!r}, where the structure is fixed"
         raise ValueError(
-            f"penalty_start + penalty_ramp = {end:g} is after {where}: the gates would never see the full gamma. "
-            f"Fix: penalty_start + penalty_ramp <= {limit:g}"
+            f"penalty_start + penalty_ramp = {end:g} is not before {where}: the gates would never see the full "
+            f"gamma. Fix: penalty_start + penalty_ramp < {limit:g}"
         )
     if hp["schedule"] not in SCHEDULES:
         raise ValueError(f"schedule must be 'cosine', 'step' or 'constant', got {hp['schedule']!r}")
@@ -169,6 +170,25 @@ def penalty_scale(hp: Mapping[str, Any], step: int, total_steps: int) -> float:
     if not ramp:
         return 1.0 if step >= math.ceil(start) else 0.0
     return min(1.0, max(0.0, (step - start) / ramp))
+
+
+def check_penalty_steps(hp: Mapping[str, Any], total_steps: int) -> None:
+    """The penalty schedule in steps, once the run's length is known: the first step with L1
+    (``penalty_start``) and the first at the full gamma (after ``penalty_ramp``) must come before the step
+    at which ``settle_at`` freezes the gates (or the end of the run), which rounding can break in a short run."""
+    start, ramp = hp.get("penalty_start", 0.0), hp.get("penalty_ramp", 0.0)
+    if not (start or ramp):
+        return
+    settle = hp.get("settle_at")
+    last = total_steps if settle is None else math.ceil(settle * total_steps)  # the steps that move the gates
+    full = math.ceil((start + ramp) * total_steps)  # the first step whose scale is 1
+    if full >= last:
+        raise ValueError(
+            f"with {total_steps} training steps, penalty_start={start!r} and penalty_ramp={ramp!r} reach the full "
+            f"gamma at step {full}, but the gates move only in steps 0-{last - 1}"
+            + ("" if settle is None else f" (settle_at={settle!r})")
+            + ". Fix: an earlier penalty_start or a shorter penalty_ramp, or a longer run"
+        )
 
 
 def check_finetune(lr: float, total_steps: int, momentum: float) -> dict[str, float]:

@@ -277,12 +277,46 @@ def test_the_penalty_ramp_scales_the_l1_term_linearly_from_its_start_to_full_gam
     ({"penalty_start": 0.8, "settle_at": 0.75}, "penalty_start=0.8 is not before settle_at=0.75"),
     ({"penalty_ramp": 1.0, "settle_at": None}, "penalty_ramp must be a fraction of the training steps in"),
     ({"penalty_ramp": True}, "penalty_ramp must be a fraction of the training steps in"),
-    ({"penalty_ramp": 0.8}, r"penalty_start \+ penalty_ramp = 0.8 is after settle_at=0.75 fixes the structure"),
-    ({"penalty_start": 0.5, "penalty_ramp": 0.6, "settle_at": None}, r"= 1.1 is after the end of the run"),
+    ({"penalty_ramp": 0.8}, r"penalty_start \+ penalty_ramp = 0.8 is not before settle_at=0.75, where the structure"),
+    ({"penalty_start": 0.25, "penalty_ramp": 0.5}, r"= 0.75 is not before settle_at=0.75"),  # last step below gamma
+    ({"penalty_start": 0.5, "penalty_ramp": 0.6, "settle_at": None}, r"= 1.1 is not before the end of the run"),
 ])  # fmt: skip
 def test_penalty_start_must_be_a_fraction_before_settle_at(kwargs, message, tiny_model):
     with pytest.raises(ValueError, match=message):
         SSSModule(tiny_model(depth=8, num_classes=4), **kwargs)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"penalty_start": 0.7}, r"full gamma at step 6, but the gates move only in steps 0-5 \(settle_at=0.75\)"),
+    ({"penalty_ramp": 0.6, "settle_at": 0.62}, r"reach the full gamma at step 5, but the gates move only in steps 0-4"),
+])  # fmt: skip
+def test_a_penalty_schedule_that_rounding_pushes_past_settle_at_is_refused_before_the_first_step(
+    kwargs, message, tiny_model, quiet_trainer, tiny_data
+):
+    module = SSSModule(tiny_model(depth=8, num_classes=4), **kwargs)  # fine as fractions; 8 steps round it away
+    before = [p.detach().clone() for p in module.parameters()]
+    with pytest.raises(ValueError, match=message):
+        quiet_trainer(max_epochs=2, limit_val_batches=0).fit(module, datamodule=tiny_data())
+    assert all(torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
+
+
+def test_without_a_penalty_schedule_every_step_applies_the_full_gamma_even_after_a_stale_scale(
+    tiny_model, quiet_trainer, tiny_data
+):
+    class StaleThenRecord(L.Callback):  # a resumed optimizer state may carry a ramp's scale
+        def __init__(self) -> None:
+            self.scales: list[float] = []
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            gate_groups(trainer.optimizers[0])[0].l1_scale = 0.5
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+            self.scales.append(gate_groups(optimizer)[0].l1_scale)
+
+    record = StaleThenRecord()
+    module = SSSModule(tiny_model(depth=8, num_classes=4), settle_at=None)
+    quiet_trainer(max_epochs=2, callbacks=[record], limit_val_batches=0).fit(module, datamodule=tiny_data())
+    assert record.scales == [1.0] * 8
 
 
 @pytest.mark.parametrize("bad", [0, 1.5, -0.2, True, "half"])

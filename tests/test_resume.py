@@ -91,7 +91,7 @@ def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(tmp_path, run)
 
 
 def test_a_run_resumed_in_the_middle_of_its_penalty_ramp_matches_an_uninterrupted_one(tmp_path, fit):
-    ramp = {"gamma": 3.0, "penalty_start": 0.25, "penalty_ramp": 0.5}  # 16 steps: L1 from step 4, full from 12
+    ramp = {"gamma": 3.0, "penalty_start": 0.25, "penalty_ramp": 0.4}  # 16 steps: L1 from 4, full from 11 of 0-11
     whole, whole_trainer = fit(tmp_path / "whole", [], **ramp)
     fit(tmp_path / "cut", [], kill=9, **ramp)  # last.ckpt is from step 8, half-way up the ramp
     resumed, trainer = fit(tmp_path / "cut", [], ckpt_path=tmp_path / "cut" / "ckpt" / "last.ckpt", **ramp)

@@ -19,6 +19,9 @@ Fashion-MNIST train split, 469 batches of 128, four times):
   the L1 penalty starts selecting; one point per ``--late_gammas`` entry;
 * ``sss_ramp``: the default recipe with ``penalty_ramp=0.5``: the L1 strength grows linearly from 0 to gamma
   over the first half of the run, so structures leave gradually; one point per ``--ramp_gammas`` entry;
+* ``sss_norm``: the default recipe with ``rescale_into="norm"``: gate rescaling leaves a consumer followed by
+  BN untouched (the BN absorbs the factor), so its weights train as without gates; one point per
+  ``--norm_gammas`` entry;
 * ``sss_budget``: the default recipe steered to a MACs budget by :class:`~sss_lightning.callbacks.MacsBudget`, whose
   structure is fixed at epoch ``epochs - finetune_epochs`` and then trained shrunk; one point per budget;
 * ``uniform``: a thinner network (one width per point) trained from scratch;
@@ -61,6 +64,7 @@ METHODS_TABLE: dict[str, tuple[str, str]] = {
     "sss_block_channel": ("SSS, block + channel gates only", "v-"),
     "sss_late": ("SSS, penalty from half-way", "D-"),
     "sss_ramp": ("SSS, penalty ramped over half the run", "X-"),
+    "sss_norm": ("SSS, rescaling into BN", "h-"),
     "sss_budget": ("SSS + MacsBudget", "P"),
     "uniform": ("uniform width", "D:"),
     "slimming": ("Network Slimming (TP)", "s"),
@@ -76,6 +80,7 @@ GAMMA_POINTS: dict[str, tuple[str, dict[str, Any]]] = {
     "sss_block_channel": ("block_channel_gammas", {"gates": "both"}),
     "sss_late": ("late_gammas", {"penalty_start": 0.5}),
     "sss_ramp": ("ramp_gammas", {"penalty_ramp": 0.5}),
+    "sss_norm": ("norm_gammas", {"rescale_into": "norm"}),
 }
 SSS_METHODS = (*GAMMA_POINTS, "sss_budget")
 KEY = ("arch", "dataset", "epochs", "batches_per_epoch", "method", "knob", "seed")
@@ -393,6 +398,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         type=list[float],
         default=[],
         help="SSS points with the penalty ramped from 0 over the first half of the run (penalty_ramp=0.5)",
+    )
+    parser.add_argument(
+        "--norm_gammas",
+        type=list[float],
+        default=[],
+        help='SSS points with gate rescaling into the BN after each consumer (rescale_into="norm")',
     )
     parser.add_argument("--budgets", type=list[float], default=[0.4], help="SSS + MacsBudget targets")
     parser.add_argument("--budget_gamma", type=float, default=0.01, help="SSS + MacsBudget's starting gamma")

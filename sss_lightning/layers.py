@@ -80,6 +80,10 @@ class LayerKind:
             affine parameters).
         constant: ``(layer, value, where) -> value``, its output for a spatially constant input, given as a
             ``(1, C, 1, 1)`` map; ``None`` runs the layer on that map.
+    Gate rescaling:
+        absorb_in: ``(layer, factor) -> None``, for a layer whose output does not change when its input is
+            multiplied by a positive scalar (a normalisation, up to its ``eps``): adjusts its state in place
+            so that this also holds in eval mode (BN's running statistics).
     Pruned files:
         record: ``(layer) -> dict`` of the plain-data constructor arguments that define its shape; a layer
             whose record differs from the network as built is written into the file.
@@ -103,6 +107,7 @@ class LayerKind:
     scale_in: Callable[[nn.Module, Tensor], None] | None = None
     scale_out: Callable[[nn.Module, Tensor], bool] | None = None
     constant: Callable[[nn.Module, Tensor, str], Tensor] | None = None
+    absorb_in: Callable[[nn.Module, float], None] | None = None
     record: Callable[[nn.Module], dict[str, Any]] | None = None
     record_fields: Mapping[str, str] = field(default_factory=dict)
     rebuild: Callable[[dict[str, Any]], nn.Module] | None = None
@@ -352,6 +357,13 @@ def _scale_batchnorm(bn: _BatchNorm, factor: Tensor) -> bool:
     return True
 
 
+def _absorb_batchnorm(bn: _BatchNorm, factor: float) -> None:
+    """The input will be ``factor`` times larger: so are the running mean and, squared, the variance."""
+    if bn.track_running_stats and bn.running_mean is not None:
+        bn.running_mean.mul_(factor)
+        bn.running_var.mul_(factor * factor)
+
+
 def _affine_constant(layer: nn.Conv2d | nn.Linear, v: Tensor) -> Tensor:
     w = layer.weight.detach()
     out = w.new_zeros(w.shape[0]) if not v.any() else w.reshape(w.shape[0], -1) @ v.flatten()
@@ -477,6 +489,7 @@ _BATCHNORM = register_layer(
         in_channels=lambda m: m.num_features,
         cut_out=lambda m, keep: (cut_batchnorm(m, keep), keep),
         scale_out=_scale_batchnorm,
+        absorb_in=_absorb_batchnorm,
         record=lambda m: {
             "num_features": m.num_features,
             "eps": m.eps,

@@ -68,6 +68,9 @@ class SSSModule(L.LightningModule):
         gate_rescale: after every step, divide each layer's channel/group gates by their largest value and
             multiply the consuming conv/linear by it (:func:`~sss_lightning.rescale.rescale_gates`; the
             function is unchanged), so the L1 threshold acts relative to the layer's largest gate.
+        rescale_into: where rescaling puts that factor: ``"weights"`` (the consumer's weights) or ``"norm"``
+            (for a consumer followed by BN, that BN's running statistics, so the consumer's weights train as
+            without gates; others still get it in their weights); see :mod:`sss_lightning.rescale`.
         zero_hold: pin a gate at 0 once it has been exactly 0 for this many consecutive steps (0: never).
         gate_momentum_units: where the gates' APG velocity lives, ``"gradient"`` or ``"parameter"`` (the
             official APGNAG); see :mod:`sss_lightning.optim`.
@@ -104,6 +107,7 @@ class SSSModule(L.LightningModule):
         input_size: Sequence[int] | None = None,
         freeze_gates: bool = False,
         gate_rescale: bool = True,
+        rescale_into: Literal["weights", "norm"] = "weights",
         zero_hold: int = 100,
         gate_momentum_units: Literal["gradient", "parameter"] = "gradient",
         settle_at: float | None = 0.75,

@@ -19,7 +19,7 @@ from .flops import structure_costs
 from .gate_groups import build_param_groups
 from .gates import gate_parameters, iter_gates
 from .optim import APG, validate_hparams
-from .rescale import gate_pairs, rescale_gates
+from .rescale import INTO, gate_pairs, rescale_gates
 
 __all__ = [
     "SCHEDULES",
@@ -72,6 +72,11 @@ def check_recipe(hp: Mapping[str, Any]) -> bool:
     )
     if not isinstance(hp["gate_rescale"], bool):
         raise ValueError(f"gate_rescale must be a bool, got {hp['gate_rescale']!r}")
+    if hp.get("rescale_into", "weights") not in INTO:
+        raise ValueError(
+            f"rescale_into must be one of {INTO} (where gate rescaling puts the factor it takes out of a layer's "
+            f"gates), got {hp['rescale_into']!r}"
+        )
     settle = hp["settle_at"]
     if settle is not None:
         _check_fraction(
@@ -153,7 +158,7 @@ def after_step(net: nn.Module, optimizer: Any, hp: Mapping[str, Any], where: str
     """What follows every optimizer step: the gates' rescaling (``gate_rescale``) and a check that no gate
     became non-finite, raised before any callback writes a broken model."""
     if hp.get("gate_rescale"):
-        rescale_gates(gate_pairs(net)[0], getattr(optimizer, "optimizer", optimizer))
+        rescale_gates(gate_pairs(net)[0], getattr(optimizer, "optimizer", optimizer), hp.get("rescale_into", "weights"))
     scales = [p.detach().flatten() for p in gate_parameters(net)]
     if scales and not torch.isfinite(torch.cat(scales)).all():
         raise FloatingPointError(

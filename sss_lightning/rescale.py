@@ -15,21 +15,35 @@ declared readers: dividing it by ``s`` divides the whole stream (identity paths 
 
 Momentum state is moved with the parameters (divided by ``s`` for the gate, multiplied for the
 consumer), so the optimizer continues along the same trajectory in the new coordinates.
+
+Where the factor goes (``into``): ``"weights"`` multiplies the consumer's weights by ``s``, exactly
+function-preserving; but then every change of a layer's largest gate, up or down, becomes a change of
+the consumer's weight norm, which for a conv followed by BN is the one thing its loss cannot see and its
+effective learning rate (which falls as the norm grows) depends on, so the consumers' norms drift away from
+those of the same network trained without gates. ``"norm"`` instead leaves a consumer that is followed by
+a normalisation (a conv or linear without bias, then a layer with ``absorb_in`` in the layer table: BN)
+untouched and lets that layer absorb the factor (its running statistics are moved to match, so eval
+outputs stay the same up to BN's ``eps``), so the consumer's weights train as they would without gates;
+other consumers get the factor in their weights as with ``"weights"``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 from torch.optim import Optimizer
 
 from .gates import ChannelGate, GroupGate, StreamGate
+from .layers import layer_kind
 from .streams import stream_owners
 from .surgery import SurgeryError, find_consumer
 
-__all__ = ["GatePair", "gate_pairs", "rescale_gates"]
+__all__ = ["INTO", "GatePair", "gate_pairs", "rescale_gates"]
+
+INTO = ("weights", "norm")  # where rescaling puts the factor it takes out of the gates
 
 _STATE_KEYS = ("momentum_buffer", "velocity")
 
@@ -42,6 +56,21 @@ class GatePair:
     name: str
     gate: ChannelGate | GroupGate
     consumers: tuple[nn.Module, ...]
+    # per consumer, the layer right after it that can absorb a factor on its input (a BN), or None
+    absorbers: tuple[nn.Module | None, ...] = ()
+
+
+def _absorbers(model: nn.Module) -> dict[int, nn.Module]:
+    """For each bias-free conv/linear of ``model`` directly followed, in its ``nn.Sequential``, by a layer that
+    absorbs a factor on its input (``absorb_in`` in the layer table), that layer (keyed by the consumer's id)."""
+    found: dict[int, nn.Module] = {}
+    for seq in model.modules():
+        if isinstance(seq, nn.Sequential):
+            layers = list(seq)
+            for layer, after in itertools.pairwise(layers):
+                if getattr(layer, "bias", True) is None and layer_kind(after).absorb_in is not None:
+                    found[id(layer)] = after
+    return found
 
 
 def gate_pairs(model: nn.Module) -> tuple[list[GatePair], list[str]]:
@@ -68,16 +97,22 @@ def gate_pairs(model: nn.Module) -> tuple[list[GatePair], list[str]]:
     if owners:
         names = {id(m): n for n, m in model.named_modules()}
         pairs += [GatePair(names[id(s.gate)], s.gate, tuple(s.readers)) for o in owners for s in o.streams]
+    absorbers = _absorbers(model)
+    pairs = [replace(p, absorbers=tuple(absorbers.get(id(c)) for c in p.consumers)) for p in pairs]
     paired = {id(p.gate) for p in pairs}
     unpaired += [n for n, m in model.named_modules() if isinstance(m, (ChannelGate, GroupGate)) and id(m) not in paired]
     return pairs, sorted(set(unpaired))
 
 
 @torch.no_grad()
-def rescale_gates(pairs: list[GatePair], optimizer: Optimizer | None = None) -> None:
-    """Divide each pair's gates by their largest magnitude and multiply its consumer's weight by it, in place
-    (outputs unchanged up to float rounding); frozen gates (``requires_grad=False``) and layers whose
-    gates are all zero are left alone. ``optimizer``'s momentum state is rescaled to match."""
+def rescale_gates(pairs: list[GatePair], optimizer: Optimizer | None = None, into: str = "weights") -> None:
+    """Divide each pair's gates by their largest magnitude ``s`` and put ``s`` into its consumers, in place:
+    into their weights (``into="weights"``: outputs unchanged up to float rounding), or, for a consumer with
+    a BN after it, into that BN's running statistics (``into="norm"``: outputs unchanged up to BN's
+    ``eps``, the consumer's weights untouched). Frozen gates (``requires_grad=False``) and layers whose gates
+    are all zero are left alone. ``optimizer``'s momentum state is rescaled to match."""
+    if into not in INTO:
+        raise ValueError(f"into must be one of {INTO} (where the gates' factor goes), got {into!r}")
     pairs = [p for p in pairs if p.gate.scale.requires_grad]
     if not pairs:
         return
@@ -87,7 +122,15 @@ def rescale_gates(pairs: list[GatePair], optimizer: Optimizer | None = None) -> 
     for pair, s in zip(pairs, factors, strict=True):
         if s == 1.0:
             continue
-        for param, factor in ((pair.gate.scale, 1.0 / s), *((c.weight, s) for c in pair.consumers)):
+        weights = [pair.gate.scale]
+        absorbers = pair.absorbers or (None,) * len(pair.consumers)
+        for consumer, absorber in zip(pair.consumers, absorbers, strict=True):
+            if into == "norm" and absorber is not None:
+                layer_kind(absorber).absorb_in(absorber, 1.0 / s)  # its input is now 1/s as large
+            else:
+                weights.append(consumer.weight)
+        for param in weights:
+            factor = 1.0 / s if param is pair.gate.scale else s
             param.mul_(factor)
             for key in _STATE_KEYS:
                 buf = state.get(param, {}).get(key)

@@ -114,3 +114,65 @@ def test_module_with_gate_rescale_keeps_every_trained_layer_max_at_one(
     quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=0).fit(module, datamodule=tiny_data())
     maxima = [p.gate.scale.max().item() for p in gate_pairs(module.net)[0] if p.gate.scale.any()]
     assert maxima and all(m == pytest.approx(1.0, abs=1e-6) for m in maxima)
+
+
+@pytest.mark.slow
+@settings(max_examples=15, deadline=None)
+@given(
+    arch=st.sampled_from(["resnet20", "resnext29_8x64d", "vgg11"]),
+    p_zero=st.floats(0.0, 0.9),
+    seed=st.integers(0, 2**16),
+)
+def test_rescaling_into_the_norm_leaves_bn_followed_consumers_untouched_and_keeps_outputs(
+    arch, p_zero, seed, tiny_model
+):
+    """``into="norm"``: a consumer followed by BN keeps its weights bit for bit (the BN's running statistics
+    take the factor), any other consumer takes it in its weights, and outputs agree up to BN's eps: in eval
+    mode against running variances of 0.5-1.5, in train mode against the variances of one batch."""
+    gen = torch.Generator().manual_seed(seed)
+    kwargs = {"resnext29_8x64d": SMALL_RESNEXT}.get(arch, {})
+    net = tiny_model(arch, num_classes=5, **kwargs).double()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):  # non-trivial running statistics, as after training
+                m.running_mean.copy_(torch.randn(m.num_features, generator=gen, dtype=torch.float64))
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen, dtype=torch.float64) + 0.5)
+        for info in iter_gates(net):
+            s = info.module.scale
+            alive = torch.rand(s.shape, generator=gen) * 0.5 + 0.5  # largest gates 0.5-1: the BN eps stays small
+            s.copy_(torch.where(torch.rand(s.shape, generator=gen) < p_zero, 0.0, alive))
+    x = torch.randn(8, 3, 16, 16, dtype=torch.float64, generator=gen)
+    for mode, tol in (("train", 1e-2), ("eval", 1e-4)):
+        model = copy.deepcopy(net).train(mode == "train")
+        before = model(x).detach()
+        pairs = gate_pairs(model)[0]
+        weights = {id(c): c.weight.detach().clone() for p in pairs for c in p.consumers}
+        factors = {id(p.gate): p.gate.scale.detach().max().item() for p in pairs}
+        rescale_gates(pairs, into="norm")
+        torch.testing.assert_close(model(x).detach(), before, rtol=tol, atol=tol)  # BN's eps, 1e-5
+        for pair in pairs:
+            s = factors[id(pair.gate)] or 1.0
+            for consumer, absorber in zip(pair.consumers, pair.absorbers, strict=True):
+                expected = weights[id(consumer)] * (1.0 if absorber is not None else s)
+                torch.testing.assert_close(consumer.weight.detach(), expected, rtol=1e-15, atol=0)
+    absorbed = [a is not None for p in gate_pairs(net)[0] for a in p.absorbers]
+    assert any(absorbed)  # every architecture here has BN-followed consumers ...
+    assert all(absorbed) != (arch == "vgg11")  # ... and VGG's last gate feeds its linear head
+
+
+def test_rescale_into_must_name_where_the_factor_goes(tiny_model):
+    from sss_lightning import SSSModule
+
+    with pytest.raises(ValueError, match=r"rescale_into must be one of \('weights', 'norm'\).*got 'bn'"):
+        SSSModule(tiny_model(depth=8, num_classes=4), rescale_into="bn")
+    with pytest.raises(ValueError, match=r"into must be one of \('weights', 'norm'\)"):
+        rescale_gates([], into="bn")
+
+
+def test_module_rescaling_into_the_norm_keeps_every_trained_layer_max_at_one(
+    tmp_path, tiny_classifier, quiet_trainer, tiny_data
+):
+    module = tiny_classifier(gamma=0.05, gate_rescale=True, rescale_into="norm")
+    quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=0).fit(module, datamodule=tiny_data())
+    maxima = [p.gate.scale.max().item() for p in gate_pairs(module.net)[0] if p.gate.scale.any()]
+    assert maxima and all(m == pytest.approx(1.0, abs=1e-6) for m in maxima)

@@ -74,7 +74,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
-from sss_lightning.flops import count_flops
+from sss_lightning.flops import check_input_size, count_flops
 from sss_lightning.io import apply_spec, architecture_spec
 from sss_lightning.models import build_model
 from sss_lightning.module import classification_step
@@ -286,16 +286,7 @@ class TorchPruningBaseline(Callback):
                 f"prune_at_epoch must be an integer >= 1 (epochs count from 1: 1 prunes at the end of the first "
                 f"epoch), got {prune_at_epoch!r}"
             )
-        if (
-            isinstance(input_size, (str, bytes))
-            or not isinstance(input_size, Sequence)
-            or len(input_size) != 3
-            or not all(_is_int(s) and s >= 1 for s in input_size)
-        ):
-            raise ValueError(
-                f"input_size must be (C, H, W) of one input with positive integer sizes, got {input_size!r}; "
-                "e.g. (1, 28, 28) for Fashion-MNIST"
-            )
+        check_input_size(input_size)
         if reg is not None and (not _is_real(reg) or reg < 0):
             raise ValueError(
                 f"reg must be a finite number >= 0 or None (Torch-Pruning's benchmark value, "

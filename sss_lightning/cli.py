@@ -40,7 +40,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.utilities import rank_zero_warn
 
 from .export import FORMATS, export_model
-from .flops import count_flops, format_comparison
+from .flops import check_input_size, count_flops, format_comparison
 from .gates import iter_gates, random_gate_pattern
 from .io import load_pruned, save_pruned
 from .models import build_model, default_input_size, list_models
@@ -307,9 +307,10 @@ def _output_file(option: str, path: Path, example: str) -> Path:
 def _input_size(option: str, value: list[int] | None) -> list[int] | None:
     if value is None:
         return None
-    if len(value) != 3 or any(isinstance(v, bool) or v < 1 for v in value):
-        raise ConfigError(f"{option} must be three positive ints [C,H,W] (e.g. [3,32,32]), got {list(value)}")
-    return list(value)
+    try:
+        return check_input_size(value, name=option)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _smallest_gates(net: Any, k: int = 5) -> str:

@@ -16,17 +16,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .flops import check_input_size
+
 __all__ = ["FORMATS", "export_model"]
 
 FORMATS = ("torchscript", "onnx")
 _SUFFIX = {"torchscript": ".ts", "onnx": ".onnx"}
-
-
-def _positive_int(value: object) -> bool:
-    try:
-        return not isinstance(value, bool) and int(value) == value and int(value) >= 1
-    except (TypeError, ValueError):
-        return False
 
 
 def _example(model: nn.Module, input_size: Sequence[int], batch: int) -> torch.Tensor:
@@ -61,8 +56,7 @@ def export_model(
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-    if len(input_size) != 3 or not all(_positive_int(s) for s in input_size):
-        raise ValueError(f"input_size must be (C, H, W) of positive ints, got {tuple(input_size)}")
+    check_input_size(input_size)
     path = Path(path)
     if path.is_dir():
         example = path / f"model{_SUFFIX[fmt]}"

@@ -32,7 +32,15 @@ with warnings.catch_warnings():  # fvcore (last released 2022) calls torch.jit.s
         matmul_flop_jit,
     )
 
-__all__ = ["FlopReport", "MacEstimator", "count_flops", "format_comparison", "comparison_dict", "structure_costs"]
+__all__ = [
+    "FlopReport",
+    "MacEstimator",
+    "check_input_size",
+    "count_flops",
+    "format_comparison",
+    "comparison_dict",
+    "structure_costs",
+]
 
 # fvcore's own handles for the fused multiply-add ops (those of FlopCountAnalysis), and no others.
 _MAC_HANDLES = {
@@ -62,10 +70,28 @@ class FlopReport:
         return out
 
 
+def check_input_size(input_size: object, name: str = "input_size", batch: bool = False) -> list[int]:
+    """``input_size`` as ``[C, H, W]`` of positive ints (with ``batch``, ``[N, C, H, W]`` too), or a
+    ``ValueError`` naming ``name``, what it got and the form it takes: the one rule for every input size."""
+
+    def positive_int(v: object) -> bool:
+        try:
+            return not isinstance(v, bool) and int(v) == v and int(v) >= 1  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            return False
+
+    lengths = (3, 4) if batch else (3,)
+    sized = not isinstance(input_size, (str, bytes)) and isinstance(input_size, Sequence)
+    if not sized or len(input_size) not in lengths or not all(positive_int(v) for v in input_size):
+        raise ValueError(
+            f"{name} must be three positive ints [C,H,W]{' (or [N,C,H,W])' if batch else ''}, got {input_size!r}; "
+            "e.g. [3,32,32] for CIFAR or [1,28,28] for Fashion-MNIST"
+        )
+    return [int(v) for v in input_size]
+
+
 def _input_size(input_size: Sequence[int]) -> tuple[int, ...]:
-    size = tuple(int(s) for s in input_size)
-    if len(size) < 2 or any(s < 1 for s in size):
-        raise ValueError(f"input_size must be (C, H, W) or (N, C, H, W) with positive sizes, got {tuple(input_size)}")
+    size = tuple(check_input_size(input_size, batch=True))
     return size if len(size) == 4 else (1, *size)
 
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from . import flops
 from .flops import structure_costs
 from .gate_groups import build_param_groups
 from .gates import gate_parameters, iter_gates
@@ -39,12 +40,8 @@ Schedule = Literal["cosine", "step", "constant"]
 
 
 def check_input_size(input_size: Sequence[int] | None) -> list[int] | None:
-    """``input_size`` as ``[C, H, W]``, or a ``ValueError`` saying what it must be."""
-    if input_size is None:
-        return None
-    if len(input_size) != 3 or any(isinstance(s, bool) or int(s) < 1 for s in input_size):
-        raise ValueError(f"input_size must be (C, H, W) with positive sizes, got {input_size!r}")
-    return [int(s) for s in input_size]
+    """``input_size`` as ``[C, H, W]`` (:func:`~sss_lightning.flops.check_input_size`), or None if not given."""
+    return None if input_size is None else flops.check_input_size(input_size)
 
 
 def check_recipe(hp: Mapping[str, Any]) -> bool:

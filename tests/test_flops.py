@@ -66,7 +66,7 @@ def test_batch_dimension_is_optional_and_model_mode_is_restored(tiny_model):
     "size, message",
     [
         ((3, 28, 28), r"input_size \(3, 28, 28\) does not fit CifarResNet.*expected input"),
-        ((28,), "must be \\(C, H, W\\)"),
+        ((28,), r"input_size must be three positive ints \[C,H,W\] \(or \[N,C,H,W\]\), got \(28,\)"),
     ],
 )
 def test_wrong_input_size_is_a_clear_error(tiny_model, size, message):

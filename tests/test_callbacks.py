@@ -71,7 +71,7 @@ def test_no_zero_gate_is_reported_not_claimed_as_pruning(tmp_path, tiny_classifi
     "kwargs, message",
     [
         ({"filename": "a/b.pt"}, "plain file name"),
-        ({"input_size": [3, 8]}, r"\(C, H, W\)"),
+        ({"input_size": [3, 8]}, r"input_size must be three positive ints \[C,H,W\], got \[3, 8\]"),
         ({"round_to": 0}, "round_to must be a positive int"),
     ],
 )

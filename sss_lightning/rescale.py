@@ -122,15 +122,14 @@ def rescale_gates(pairs: list[GatePair], optimizer: Optimizer | None = None, int
     for pair, s in zip(pairs, factors, strict=True):
         if s == 1.0:
             continue
-        weights = [pair.gate.scale]
+        moves = [(pair.gate.scale, 1.0 / s)]
         absorbers = pair.absorbers or (None,) * len(pair.consumers)
         for consumer, absorber in zip(pair.consumers, absorbers, strict=True):
             if into == "norm" and absorber is not None:
                 layer_kind(absorber).absorb_in(absorber, 1.0 / s)  # its input is now 1/s as large
             else:
-                weights.append(consumer.weight)
-        for param in weights:
-            factor = 1.0 / s if param is pair.gate.scale else s
+                moves.append((consumer.weight, s))
+        for param, factor in moves:
             param.mul_(factor)
             for key in _STATE_KEYS:
                 buf = state.get(param, {}).get(key)

@@ -16,6 +16,15 @@ from sss_lightning.rescale import gate_pairs, rescale_gates
 SMALL_RESNEXT = {"cardinality": 2, "base_width": 4, "stem_width": 8, "out_width": 16}
 
 
+def _random_gates(net: nn.Module, gen: torch.Generator, p_zero: float, low: float = 0.0) -> None:
+    """Every gate entry 0 with probability ``p_zero``, else uniform in [low, 1)."""
+    with torch.no_grad():
+        for info in iter_gates(net):
+            s = info.module.scale
+            alive = low + (1 - low) * torch.rand(s.shape, generator=gen)
+            s.copy_(torch.where(torch.rand(s.shape, generator=gen) < p_zero, 0.0, alive))
+
+
 def test_channel_gates_in_front_of_a_conv_and_bn_are_scale_invariant_as_a_layer(tiny_model):
     """The flaw rescaling answers: in the CIFAR basic block the loss cannot tell a layer's gates at 1 from
     the same gates at 0.1, and its gradient has no component along the layer's gates."""
@@ -43,10 +52,7 @@ def test_rescaling_keeps_outputs_and_zeros_and_sets_each_layers_largest_gate_to_
     gen = torch.Generator().manual_seed(seed)
     kwargs = {"resnext29_8x64d": SMALL_RESNEXT}.get(arch, {})  # ResNet-20 of width 4, VGG-11 at 1/8 width
     net = tiny_model(arch, num_classes=5, **kwargs).double()
-    with torch.no_grad():
-        for info in iter_gates(net):
-            s = info.module.scale
-            s.copy_(torch.where(torch.rand(s.shape, generator=gen) < p_zero, 0.0, torch.rand(s.shape, generator=gen)))
+    _random_gates(net, gen, p_zero)
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=gen)
     pairs, unpaired = gate_pairs(net)
     assert pairs and not unpaired
@@ -124,7 +130,7 @@ def test_module_with_gate_rescale_keeps_every_trained_layer_max_at_one(
     seed=st.integers(0, 2**16),
 )
 def test_rescaling_into_the_norm_leaves_bn_followed_consumers_untouched_and_keeps_outputs(
-    arch, p_zero, seed, tiny_model
+    arch, p_zero, seed, tiny_model, randomize_bn
 ):
     """``into="norm"``: a consumer followed by BN keeps its weights bit for bit (the BN's running statistics
     take the factor), any other consumer takes it in its weights, and outputs agree up to BN's eps: in eval
@@ -132,15 +138,8 @@ def test_rescaling_into_the_norm_leaves_bn_followed_consumers_untouched_and_keep
     gen = torch.Generator().manual_seed(seed)
     kwargs = {"resnext29_8x64d": SMALL_RESNEXT}.get(arch, {})
     net = tiny_model(arch, num_classes=5, **kwargs).double()
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):  # non-trivial running statistics, as after training
-                m.running_mean.copy_(torch.randn(m.num_features, generator=gen, dtype=torch.float64))
-                m.running_var.copy_(torch.rand(m.num_features, generator=gen, dtype=torch.float64) + 0.5)
-        for info in iter_gates(net):
-            s = info.module.scale
-            alive = torch.rand(s.shape, generator=gen) * 0.5 + 0.5  # largest gates 0.5-1: the BN eps stays small
-            s.copy_(torch.where(torch.rand(s.shape, generator=gen) < p_zero, 0.0, alive))
+    randomize_bn(net, gen)  # non-trivial running statistics (variances 0.5-1.5), as after training
+    _random_gates(net, gen, p_zero, low=0.5)  # largest gates 0.5-1: the BN eps stays small
     x = torch.randn(8, 3, 16, 16, dtype=torch.float64, generator=gen)
     for mode, tol in (("train", 1e-2), ("eval", 1e-4)):
         model = copy.deepcopy(net).train(mode == "train")

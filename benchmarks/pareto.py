@@ -22,6 +22,9 @@ Fashion-MNIST train split, 469 batches of 128, four times):
 * ``sss_norm``: the default recipe with ``rescale_into="norm"``: gate rescaling leaves a consumer followed by
   BN untouched (the BN absorbs the factor), so its weights train as without gates; one point per
   ``--norm_gammas`` entry;
+* ``sss_slow_gates``: the default recipe with ``gate_lr=0.05``, half the weights' learning rate: the gates
+  move more slowly, so (with a larger gamma for the same sparsity) the structures reach zero later in the
+  run; one point per ``--slow_gate_gammas`` entry;
 * ``sss_budget``: the default recipe steered to a MACs budget by :class:`~sss_lightning.callbacks.MacsBudget`, whose
   structure is fixed at epoch ``epochs - finetune_epochs`` and then trained shrunk; one point per budget;
 * ``uniform``: a thinner network (one width per point) trained from scratch;
@@ -44,7 +47,7 @@ import math
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 from jsonargparse import ArgumentParser
@@ -65,6 +68,7 @@ METHODS_TABLE: dict[str, tuple[str, str]] = {
     "sss_late": ("SSS, penalty from half-way", "D-"),
     "sss_ramp": ("SSS, penalty ramped over half the run", "X-"),
     "sss_norm": ("SSS, rescaling into BN", "h-"),
+    "sss_slow_gates": ("SSS, gates at half the LR", "p-"),
     "sss_budget": ("SSS + MacsBudget", "P"),
     "uniform": ("uniform width", "D:"),
     "slimming": ("Network Slimming (TP)", "s"),
@@ -73,14 +77,43 @@ METHODS_TABLE: dict[str, tuple[str, str]] = {
 METHODS = tuple(METHODS_TABLE)
 NAMES = {method: label for method, (label, _) in METHODS_TABLE.items()}
 MATCHED = ("slimming", "depgraph")
-# SSS methods with one point per gamma: the argument that lists their gammas, and how they differ from the
-# default recipe (SSSClassifier's arguments)
-GAMMA_POINTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "sss": ("gammas", {}),
-    "sss_block_channel": ("block_channel_gammas", {"gates": "both"}),
-    "sss_late": ("late_gammas", {"penalty_start": 0.5}),
-    "sss_ramp": ("ramp_gammas", {"penalty_ramp": 0.5}),
-    "sss_norm": ("norm_gammas", {"rescale_into": "norm"}),
+
+
+class GammaPoints(NamedTuple):
+    """An SSS method with one point per gamma."""
+
+    arg: str  # the command-line argument that lists its gammas
+    default: list[float]  # the gammas it runs by default
+    overrides: dict[str, Any]  # how it differs from the default recipe (SSSClassifier's arguments)
+    help: str
+
+
+GAMMA_POINTS: dict[str, GammaPoints] = {
+    "sss": GammaPoints("gammas", [0.0037], {}, "SSS (default recipe) points"),
+    "sss_block_channel": GammaPoints(
+        "block_channel_gammas", [0.005, 0.009], {"gates": "both"}, "SSS block + channel gates points"
+    ),
+    "sss_late": GammaPoints(
+        "late_gammas", [], {"penalty_start": 0.5}, "SSS points with the penalty from half-way (penalty_start=0.5)"
+    ),
+    "sss_ramp": GammaPoints(
+        "ramp_gammas",
+        [],
+        {"penalty_ramp": 0.5},
+        "SSS points with the penalty ramped from 0 over the first half of the run (penalty_ramp=0.5)",
+    ),
+    "sss_norm": GammaPoints(
+        "norm_gammas",
+        [],
+        {"rescale_into": "norm"},
+        'SSS points with gate rescaling into the BN after each consumer (rescale_into="norm")',
+    ),
+    "sss_slow_gates": GammaPoints(
+        "slow_gate_gammas",
+        [],
+        {"gate_lr": 0.05},
+        "SSS points with the gates at half the weights' learning rate (gate_lr=0.05)",
+    ),
 }
 SSS_METHODS = (*GAMMA_POINTS, "sss_budget")
 KEY = ("arch", "dataset", "epochs", "batches_per_epoch", "method", "knob", "seed")
@@ -88,7 +121,7 @@ KEY = ("arch", "dataset", "epochs", "batches_per_epoch", "method", "knob", "seed
 
 def configs(args) -> list[tuple[str, Any]]:
     """(method, knob) in the order they run for one seed: the matched baselines after the SSS points."""
-    sss_points = [(m, g) for m, (arg, _) in GAMMA_POINTS.items() for g in getattr(args, arg)]
+    sss_points = [(m, g) for m, point in GAMMA_POINTS.items() for g in getattr(args, point.arg)]
     sss_points += [("sss_budget", b) for b in args.budgets]
     every = [
         ("unpruned", None),
@@ -122,7 +155,7 @@ def run_one(method: str, knob: Any, seed: int, args, runs: list[dict]) -> dict:
     tp = budget = None
     fixed_epoch = args.epochs - args.finetune_epochs
     if method in GAMMA_POINTS:
-        module = SSSClassifier(gamma=knob, **GAMMA_POINTS[method][1], **common)
+        module = SSSClassifier(gamma=knob, **GAMMA_POINTS[method].overrides, **common)
         callbacks += [monitor, surgery]
     elif method == "sss_budget":
         module = SSSClassifier(gamma=args.budget_gamma, **common)
@@ -383,28 +416,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--seeds", type=list[int], default=[0, 1, 2])
     parser.add_argument("--methods", type=list[str], default=list(METHODS), help=f"a subset of {METHODS}")
-    parser.add_argument("--gammas", type=list[float], default=[0.0037], help="SSS (default recipe) points")
-    parser.add_argument(
-        "--block_channel_gammas", type=list[float], default=[0.005, 0.009], help="SSS block + channel gates points"
-    )
-    parser.add_argument(
-        "--late_gammas",
-        type=list[float],
-        default=[],
-        help="SSS points with the penalty from half-way (penalty_start=0.5)",
-    )
-    parser.add_argument(
-        "--ramp_gammas",
-        type=list[float],
-        default=[],
-        help="SSS points with the penalty ramped from 0 over the first half of the run (penalty_ramp=0.5)",
-    )
-    parser.add_argument(
-        "--norm_gammas",
-        type=list[float],
-        default=[],
-        help='SSS points with gate rescaling into the BN after each consumer (rescale_into="norm")',
-    )
+    for point in GAMMA_POINTS.values():
+        parser.add_argument(f"--{point.arg}", type=list[float], default=point.default, help=point.help)
     parser.add_argument("--budgets", type=list[float], default=[0.4], help="SSS + MacsBudget targets")
     parser.add_argument("--budget_gamma", type=float, default=0.01, help="SSS + MacsBudget's starting gamma")
     parser.add_argument("--widths", type=list[int], default=[13, 10, 7], help="uniform widths (16 = unpruned)")
@@ -422,7 +435,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if set(args.methods) - set(METHODS):
         parser.error(f"--methods must come from {METHODS}, got {args.methods}")
     if args.match is None:
-        args.match = [f"{m}:{g}" for m, (arg, _) in GAMMA_POINTS.items() for g in getattr(args, arg)]
+        args.match = [f"{m}:{g}" for m, point in GAMMA_POINTS.items() for g in getattr(args, point.arg)]
     if not 0 < args.finetune_epochs < args.epochs:
         parser.error("--finetune_epochs must be at least 1 and less than --epochs")
     check_run_arguments(parser, args, "pareto")

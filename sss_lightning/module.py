@@ -24,6 +24,7 @@ from .checkpoints import load_sss_checkpoint, network_of, read_record, record_bu
 from .gate_groups import freeze_all, gate_groups, structure_fixed
 from .gates import gate_parameters, has_gates, iter_gates, sparsity
 from .models.registry import build_model
+from .rescale import GatePairCache
 from .reshaping import NetworkReshaping
 from .shrink import rewrap_distributed
 from .streams import check_streams
@@ -120,6 +121,7 @@ class SSSModule(L.LightningModule):
             self.example_input_array = torch.zeros(1, *input_size)
         self.gate_nonnegative = recipe.check_recipe(self.hparams)
         self._gate_weights: dict[str, float] | None = None
+        self._gate_pairs = GatePairCache()  # the gates rescaling moves, found again only when the network changes
         self.net = net if net is not None else self.build_network()
         if net is None:
             record_built_network(self)
@@ -192,7 +194,8 @@ class SSSModule(L.LightningModule):
         before any callback (checkpoint, snapshot, surgery) sees the new state."""
         super().optimizer_step(*args, **kwargs)
         optimizer = self.trainer.optimizers[0] if self._trainer is not None else None
-        recipe.after_step(self.net, optimizer, self.hparams, f"epoch {self.current_epoch}, step {self.global_step}")
+        where = f"epoch {self.current_epoch}, step {self.global_step}"
+        recipe.after_step(self.net, optimizer, self.hparams, where, self._gate_pairs)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         settle = self.hparams.get("settle_at")

@@ -20,7 +20,7 @@ from .flops import structure_costs
 from .gate_groups import build_param_groups
 from .gates import gate_parameters, iter_gates
 from .optim import APG, validate_hparams
-from .rescale import INTO, gate_pairs, rescale_gates
+from .rescale import INTO, GatePairCache, rescale_gates
 
 __all__ = [
     "SCHEDULES",
@@ -151,11 +151,15 @@ def cost_weights(net: nn.Module, input_size: Sequence[int]) -> dict[str, float]:
     return {name: cost / mean for name, cost in costs.items()}
 
 
-def after_step(net: nn.Module, optimizer: Any, hp: Mapping[str, Any], where: str) -> None:
-    """What follows every optimizer step: the gates' rescaling (``gate_rescale``) and a check that no gate
-    became non-finite, raised before any callback writes a broken model."""
+def after_step(
+    net: nn.Module, optimizer: Any, hp: Mapping[str, Any], where: str, pairs: GatePairCache | None = None
+) -> None:
+    """What follows every optimizer step: the gates' rescaling (``gate_rescale``; ``pairs``, the caller's
+    cache of the network's gate/consumer pairs, saves finding them again every step) and a check that no
+    gate became non-finite, raised before any callback writes a broken model."""
     if hp.get("gate_rescale"):
-        rescale_gates(gate_pairs(net)[0], getattr(optimizer, "optimizer", optimizer), hp.get("rescale_into", "weights"))
+        found = (pairs or GatePairCache())(net)
+        rescale_gates(found, getattr(optimizer, "optimizer", optimizer), hp.get("rescale_into", "weights"))
     scales = [p.detach().flatten() for p in gate_parameters(net)]
     if scales and not torch.isfinite(torch.cat(scales)).all():
         raise FloatingPointError(

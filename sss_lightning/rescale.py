@@ -41,7 +41,7 @@ from .layers import layer_kind
 from .streams import stream_owners
 from .surgery import SurgeryError, find_consumer
 
-__all__ = ["INTO", "GatePair", "gate_pairs", "rescale_gates"]
+__all__ = ["INTO", "GatePair", "GatePairCache", "gate_pairs", "rescale_gates"]
 
 INTO = ("weights", "norm")  # where rescaling puts the factor it takes out of the gates
 
@@ -102,6 +102,31 @@ def gate_pairs(model: nn.Module) -> tuple[list[GatePair], list[str]]:
     paired = {id(p.gate) for p in pairs}
     unpaired += [n for n, m in model.named_modules() if isinstance(m, (ChannelGate, GroupGate)) and id(m) not in paired]
     return pairs, sorted(set(unpaired))
+
+
+class GatePairCache:
+    """:func:`gate_pairs` of a model, found again only when its modules change: one added, removed or
+    replaced anywhere (in-training shrink, surgery, a new network). Finding the pairs walks every
+    ``nn.Sequential`` and reads every gate (a device sync each on an accelerator), which rescaling after
+    every optimizer step would otherwise repeat; comparing the module tree costs one walk and no sync.
+
+    The modules of the last tree are held (not only their ids), so a module freed and replaced by a new
+    one at the same address still counts as a change."""
+
+    def __init__(self) -> None:
+        self._tree: tuple[tuple[str, nn.Module], ...] = ()
+        self._pairs: list[GatePair] = []
+
+    def __call__(self, model: nn.Module) -> list[GatePair]:
+        tree = tuple(model.named_modules())
+        if not self._same(tree):
+            self._pairs, self._tree = gate_pairs(model)[0], tree
+        return self._pairs
+
+    def _same(self, tree: tuple[tuple[str, nn.Module], ...]) -> bool:
+        return len(tree) == len(self._tree) and all(
+            name == old_name and module is old for (name, module), (old_name, old) in zip(tree, self._tree, strict=True)
+        )
 
 
 @torch.no_grad()

@@ -9,9 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from sss_lightning import rescale
 from sss_lightning.gates import ChannelGate, GroupGate, iter_gates
 from sss_lightning.optim import APG
-from sss_lightning.rescale import gate_pairs, rescale_gates
+from sss_lightning.rescale import GatePairCache, gate_pairs, rescale_gates
 
 SMALL_RESNEXT = {"cardinality": 2, "base_width": 4, "stem_width": 8, "out_width": 16}
 
@@ -101,6 +102,31 @@ def test_momentum_moves_with_the_parameters(tiny_model):
     rescale_gates(pairs, opt)
     torch.testing.assert_close(opt.state[gate]["momentum_buffer"], gate_buf / s)
     torch.testing.assert_close(opt.state[consumer]["momentum_buffer"], consumer_buf * s)
+
+
+def test_the_pair_cache_finds_the_pairs_again_only_when_a_module_is_replaced(tiny_model, monkeypatch):
+    """Rescaling after every step reuses the pairs; a replaced consumer (what shrink and surgery do) is
+    paired again, so its weights, not the dropped module's, take the factor and the function is kept."""
+    net = tiny_model(depth=8, num_classes=4, gates="channel").double()
+    walks = []
+    monkeypatch.setattr(rescale, "gate_pairs", lambda model: walks.append(model) or gate_pairs(model))
+    cache = GatePairCache()
+    first = cache(net)
+    assert cache(net) is first and len(walks) == 1
+    assert [(p.name, p.consumers) for p in first] == [(p.name, p.consumers) for p in gate_pairs(net)[0]]
+    seq, index = next((m, i) for m in net.modules() if isinstance(m, nn.Sequential) for i, c in enumerate(m)
+                      if c is first[0].consumers[0])  # fmt: skip
+    replacement = copy.deepcopy(seq[index])
+    seq[index] = replacement
+    again = cache(net)
+    assert len(walks) == 2 and again[0].consumers == (replacement,)
+    with torch.no_grad():
+        first[0].gate.scale.mul_(0.5)
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    before, kept = net.eval()(x), replacement.weight.detach().clone()
+    rescale_gates(cache(net))
+    torch.testing.assert_close(net(x), before, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(replacement.weight.detach(), kept * 0.5)
 
 
 def test_frozen_gates_are_not_rescaled(tiny_model):

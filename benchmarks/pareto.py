@@ -27,6 +27,8 @@ Fashion-MNIST train split, 469 batches of 128, four times):
   run; one point per ``--slow_gate_gammas`` entry;
 * ``sss_budget``: the default recipe steered to a MACs budget by :class:`~sss_lightning.callbacks.MacsBudget`, whose
   structure is fixed at epoch ``epochs - finetune_epochs`` and then trained shrunk; one point per budget;
+* ``sss_budget_pinned``: the same with ``MacsBudget(pin_zeros_from=0.75)``: over the last quarter of the steps
+  to the deadline, gates that stayed at zero for the module's ``zero_hold`` steps are pinned there;
 * ``uniform``: a thinner network (one width per point) trained from scratch;
 * ``slimming`` and ``depgraph``: Torch-Pruning's ``BNScalePruner`` and ``GroupNormPruner`` with their
   sparsity regularisers for ``epochs - finetune_epochs`` epochs, pruned to the MACs that the same seed's
@@ -70,6 +72,7 @@ METHODS_TABLE: dict[str, tuple[str, str]] = {
     "sss_norm": ("SSS, rescaling into BN", "h-"),
     "sss_slow_gates": ("SSS, gates at half the LR", "p-"),
     "sss_budget": ("SSS + MacsBudget", "P"),
+    "sss_budget_pinned": ("SSS + MacsBudget, zeros pinned from 3/4 of the way", "X"),
     "uniform": ("uniform width", "D:"),
     "slimming": ("Network Slimming (TP)", "s"),
     "depgraph": ("DepGraph (TP)", "^"),
@@ -115,14 +118,16 @@ GAMMA_POINTS: dict[str, GammaPoints] = {
         "SSS points with the gates at half the weights' learning rate (gate_lr=0.05)",
     ),
 }
-SSS_METHODS = (*GAMMA_POINTS, "sss_budget")
+# SSS methods steered to a budget (one point per --budgets entry): MacsBudget's arguments besides the defaults
+BUDGET_POINTS: dict[str, dict[str, Any]] = {"sss_budget": {}, "sss_budget_pinned": {"pin_zeros_from": 0.75}}
+SSS_METHODS = (*GAMMA_POINTS, *BUDGET_POINTS)
 KEY = ("arch", "dataset", "epochs", "batches_per_epoch", "method", "knob", "seed")
 
 
 def configs(args) -> list[tuple[str, Any]]:
     """(method, knob) in the order they run for one seed: the matched baselines after the SSS points."""
     sss_points = [(m, g) for m, point in GAMMA_POINTS.items() for g in getattr(args, point.arg)]
-    sss_points += [("sss_budget", b) for b in args.budgets]
+    sss_points += [(m, b) for m in BUDGET_POINTS for b in args.budgets]
     every = [
         ("unpruned", None),
         *sss_points,
@@ -157,9 +162,9 @@ def run_one(method: str, knob: Any, seed: int, args, runs: list[dict]) -> dict:
     if method in GAMMA_POINTS:
         module = SSSClassifier(gamma=knob, **GAMMA_POINTS[method].overrides, **common)
         callbacks += [monitor, surgery]
-    elif method == "sss_budget":
+    elif method in BUDGET_POINTS:
         module = SSSClassifier(gamma=args.budget_gamma, **common)
-        budget = MacsBudget(knob, by_epoch=fixed_epoch)
+        budget = MacsBudget(knob, by_epoch=fixed_epoch, **BUDGET_POINTS[method])
         callbacks += [monitor, budget, InTrainingShrink(), surgery]
     elif method == "uniform":
         module = SSSClassifier(gates="channel", freeze_gates=True, arch_kwargs={"width": int(knob)}, **common)
@@ -209,7 +214,7 @@ def run_one(method: str, knob: Any, seed: int, args, runs: list[dict]) -> dict:
         row["tp_report"] = dict(tp.report)
         # the pruned network, as SSS's surgery saves its own: benchmarks.from_scratch retrains its structure
         save_pruned(module.net, Path(args.out_dir) / f"{method}-{str(knob).replace(':', '-')}-{seed}.pt")
-    if method == "sss_budget" and budget.result:  # where the gamma controller alone had brought the network
+    if method in BUDGET_POINTS and budget.result:  # where the gamma controller alone had brought the network
         row["controller_vs_budget"] = budget.result["macs_reached"] / budget.result["target_macs"] - 1
         row["budget_history"] = budget.history  # the controller's trajectory: MACs, look-ahead MACs, gamma
     return row
@@ -324,7 +329,7 @@ def _setting(method: str, knob: str) -> str:
         return "-"
     if method in GAMMA_POINTS:
         return f"gamma {knob}"
-    if method == "sss_budget":
+    if method in BUDGET_POINTS:
         return f"budget {float(knob):.0%}"
     if method == "uniform":
         return f"width {knob}"
@@ -367,7 +372,7 @@ def report(rows: list[dict], cmps: list[dict], args) -> str:
         if "controller_vs_budget" in r:
             lines += [
                 "",
-                f"MacsBudget {float(r['knob']):.0%}: the gamma controller alone ended "
+                f"{NAMES[r['method']]} {float(r['knob']):.0%}: the gamma controller alone ended "
                 + " / ".join(f"{100 * v:+.1f}%" for v in r["controller_vs_budget"])
                 + " from the budget at the deadline (per seed), before the deadline's bisection moved the fewest "
                 "gates into the band.",

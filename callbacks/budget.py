@@ -62,6 +62,12 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
     the smallest non-zero ones set to zero when too expensive, the most recently alive zero ones given
     back their last value when too cheap.
 
+    The controller needs zero gates to come back, so the module's ``zero_hold`` is off while it steers;
+    but near the budget the gates hovering at zero then come and go from one measurement to the next, and
+    the MACs with them. From ``pin_zeros_from`` of the steps to the deadline on, the module's ``zero_hold``
+    is back on: a gate that has stayed at zero that long is pinned there, the zero set settles, and the
+    controller steers the gates that are still alive into the band before the deadline.
+
     Args:
         target_macs: budget in MACs (> 1), or as a fraction (<= 1) of the unpruned network's MACs.
         by_epoch: the epoch (counted from 1) at whose end the structure is fixed.
@@ -73,6 +79,8 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
             (0: aim at the budget from the first step).
         lookahead: when ``m`` counts gates about to fall as gone: ``"glide"`` (while the set point moves),
             ``"always"`` or ``"never"``.
+        pin_zeros_from: the fraction of the steps to the deadline from which zeros held for the module's
+            ``zero_hold`` steps are pinned (None: never; the module's ``zero_hold`` must then be > 0).
         input_size: ``(C, H, W)``; default: the shape the module recorded from its batches.
 
     Logs ``budget/macs`` (and ``budget/macs_lookahead``, what the controller steers), ``budget/target_macs``,
@@ -90,6 +98,7 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
         max_change: float = 1.5,
         glide: float = 0.5,
         lookahead: str = "glide",
+        pin_zeros_from: float | None = None,
         input_size: list[int] | None = None,
     ) -> None:
         if isinstance(target_macs, bool) or not isinstance(target_macs, (int, float)) or not target_macs > 0:
@@ -113,8 +122,16 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
                 f"got {lookahead!r}"
             )
         self.lookahead = lookahead
+        fraction = isinstance(pin_zeros_from, (int, float)) and not isinstance(pin_zeros_from, bool)
+        if pin_zeros_from is not None and not (fraction and 0 <= pin_zeros_from < 1):
+            raise ValueError(
+                f"pin_zeros_from must be a fraction of the steps to the deadline in [0, 1) or None, got "
+                f"{pin_zeros_from!r}; e.g. 0.75 pins settled zeros over the last quarter before the deadline"
+            )
+        self.pin_zeros_from = pin_zeros_from
         self.input_size = check_input_size(input_size)
         self.base_gamma: dict[str, float] = {}
+        self.zero_hold: dict[str, int] = {}  # the module's zero_hold per gate group, off while the controller steers
         self.full_macs: float | None = None
         self.history: list[dict[str, float]] = []
         self.result: dict[str, Any] | None = None
@@ -179,11 +196,17 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
                 "MacsBudget steers the gates' gamma, but the optimizer has no gate param group; "
                 "use an SSSModule with trainable gates"
             )
-        for group in groups:  # the controller relies on zero gates coming back when the network is too cheap
-            group.zero_hold = 0
         if not self.base_gamma:  # a fresh run (a resumed one restores these and the groups' gamma)
             self.base_gamma = {g.name: g.gamma for g in groups}
+            self.zero_hold = {g.name: g.zero_hold for g in groups}
             self.full_macs = float(self._estimator(pl_module.net))
+        if self.pin_zeros_from is not None and not any(self.zero_hold.values()):
+            raise ValueError(
+                f"MacsBudget(pin_zeros_from={self.pin_zeros_from!r}) pins zeros after the module's zero_hold steps, "
+                "and the module's zero_hold is 0. Fix: an SSSModule with zero_hold > 0 (e.g. 100), or "
+                "pin_zeros_from=None"
+            )
+        self._hold_zeros(trainer)
         self.controller.target, self.controller.start = self.target, self.full_macs
         if not any(v > 0 for v in self.base_gamma.values()):
             raise ValueError("MacsBudget scales gamma, which is 0; set the module's gamma > 0 (e.g. 0.01)")
@@ -223,6 +246,18 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
         if not isinstance(getattr(optimizer, "optimizer", optimizer), APG):
             raise TypeError(f"MacsBudget steers SSS's APG optimizer, got {type(optimizer).__name__}; use an SSSModule")
         return {id(p): g.l1_drift(self.every_n_steps) for g in self._groups(trainer) for p in g.params}
+
+    def _hold_zeros(self, trainer: L.Trainer) -> None:
+        """The groups' ``zero_hold`` for this step: 0 (zero gates may come back) until ``pin_zeros_from``,
+        the module's own after it; set every step, so a resumed optimizer state cannot carry a stale one."""
+        pin = self.pin_zeros_from is not None and self._progress(trainer) >= self.pin_zeros_from
+        for group in self._groups(trainer):
+            group.zero_hold = self.zero_hold.get(group.name, 0) if pin else 0
+
+    @override
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self.result is None:
+            self._hold_zeros(trainer)
 
     def _set_gamma(self, trainer: L.Trainer) -> None:
         for group in self._groups(trainer):
@@ -332,6 +367,7 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
         return {
             "scale": self.controller.scale,
             "base_gamma": dict(self.base_gamma),
+            "zero_hold": dict(self.zero_hold),
             "full_macs": self.full_macs,
             "history": [dict(r) for r in self.history],
             "result": dict(self.result) if self.result else None,
@@ -342,6 +378,7 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.controller.load_state_dict(state_dict)
         self.base_gamma = dict(state_dict.get("base_gamma", {}))
+        self.zero_hold = dict(state_dict.get("zero_hold", {}))
         self.full_macs = state_dict.get("full_macs")
         self.history = [dict(r) for r in state_dict.get("history", [])]
         self.result = state_dict.get("result")

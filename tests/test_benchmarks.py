@@ -114,7 +114,7 @@ def test_pareto_script_runs_every_method_paired_and_resumes_without_repeating(tm
     assert by[("unpruned", "None")]["macs_ratio"] == 1.0
     assert by[("uniform", "8")]["macs_ratio"] < 0.4  # width 8 of 16: about a quarter
     runs = [json.loads(line) for line in (tmp_path / "p.runs.jsonl").read_text().splitlines()]
-    assert len(runs) == 2 * 12 and {r["steps"] for r in runs} == {6}  # the same step budget for every method
+    assert len(runs) == 2 * 13 and {r["steps"] for r in runs} == {6}  # the same step budget for every method
     for seed in (0, 1):  # the TP baselines prune to the MACs the same seed's SSS point reached
         ours = next(r for r in runs if r["method"] == "sss_budget" and r["seed"] == seed)
         for method in pareto.MATCHED:

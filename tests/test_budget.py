@@ -76,6 +76,7 @@ def test_budget_then_in_training_shrink(tmp_path, make, fit):
 def test_budget_state_round_trips():
     budget = MacsBudget(0.5, by_epoch=2)
     budget.scale, budget.full_macs, budget.base_gamma = 2.5, 1e6, {"gates": 0.01}
+    budget.zero_hold = {"gates": 100}
     budget.result = {"epoch": 2, "macs": 5e5}
     restored = MacsBudget(0.5, by_epoch=2)
     restored.load_state_dict(budget.state_dict())
@@ -92,6 +93,8 @@ def test_budget_state_round_trips():
         ({"target_macs": 0.5, "by_epoch": 2, "max_change": 1.0}, "max_change > 1"),
         ({"target_macs": 0.5, "by_epoch": 2, "glide": 2}, r"glide must be the fraction of the run .* in \[0, 1\]"),
         ({"target_macs": 0.5, "by_epoch": 2, "lookahead": True}, r"lookahead must be one of \('glide'"),
+        ({"target_macs": 0.5, "by_epoch": 2, "pin_zeros_from": 1.0}, r"pin_zeros_from must be .* in \[0, 1\)"),
+        ({"target_macs": 0.5, "by_epoch": 2, "pin_zeros_from": True}, r"pin_zeros_from must be .* got True"),
     ],
 )
 def test_bad_arguments_say_what_to_fix(kwargs, message):
@@ -116,6 +119,45 @@ def test_unreachable_budgets_fail_before_training(tmp_path, target, module_kwarg
     with pytest.raises(ValueError, match=message):
         fit(module, tmp_path, [MacsBudget(target, by_epoch=2)], max_epochs=max_epochs, train_size=32)
     assert all(torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
+
+
+def test_a_budget_that_pins_zeros_needs_a_module_that_holds_them(tmp_path, make, fit):
+    with pytest.raises(ValueError, match=r"module's zero_hold is 0\. Fix: an SSSModule with zero_hold > 0"):
+        fit(make(zero_hold=0), tmp_path, [MacsBudget(0.5, by_epoch=2, pin_zeros_from=0.5)], train_size=32)
+
+
+class _RecordHold(L.Callback):
+    """Per optimizer step: the gates' zero_hold the step ran with, and which gate entries were exactly zero."""
+
+    def __init__(self):
+        self.steps = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        holds = {g["zero_hold"] for g in trainer.optimizers[0].param_groups if "zero_hold" in g and g["gamma"]}
+        zeros = [p.detach() == 0 for p in gate_parameters(pl_module.net)]
+        self.steps.append((trainer.global_step, holds, zeros))
+
+
+@pytest.mark.slow
+def test_zeros_are_pinned_only_from_pin_zeros_from_and_then_stay_zero_until_the_deadline(tmp_path, make, fit):
+    """The controller may revive zero gates until pin_zeros_from; from there a gate that has stayed zero for the
+    module's zero_hold steps stays zero, so the zero set the deadline measures has settled."""
+    module, record = make(gamma=0.3, zero_hold=4), _RecordHold()
+    budget = MacsBudget(0.5, by_epoch=3, every_n_steps=4, pin_zeros_from=0.5)
+    fit(module, tmp_path, [budget, record], max_epochs=3, train_size=256)
+    deadline = budget.result["step"]  # 3 epochs of 16 steps
+    assert [holds for step, holds, _ in record.steps if step <= deadline // 2] == [{0}] * (deadline // 2)
+    assert all(holds == {4} for step, holds, _ in record.steps if deadline // 2 < step <= deadline)
+    runs, pinned, checked = {}, {}, 0
+    for _, holds, zeros in record.steps:
+        for i, z in enumerate(zeros):
+            if i in pinned:  # zero for zero_hold steps in a row with the hold on: zero from then on
+                assert bool(z[pinned[i]].all())
+                checked += int(pinned[i].sum())
+            run = runs.setdefault(i, torch.zeros_like(z, dtype=torch.int64))
+            run.copy_(torch.where(z, run + 1, 0) if 4 in holds else torch.zeros_like(run))
+            pinned[i] = pinned.get(i, torch.zeros_like(z)) | (run >= 4)
+    assert checked > 0  # some gates were pinned before the deadline, and stayed zero
 
 
 def test_budget_freeze_and_shrink_callbacks_have_a_state_key_per_setting():

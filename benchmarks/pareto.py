@@ -372,7 +372,7 @@ def report(rows: list[dict], cmps: list[dict], args) -> str:
         if "controller_vs_budget" in r:
             lines += [
                 "",
-                f"{NAMES[r['method']]} {float(r['knob']):.0%}: the gamma controller alone ended "
+                f"{NAMES[r['method']]}, budget {float(r['knob']):.0%}: the gamma controller alone ended "
                 + " / ".join(f"{100 * v:+.1f}%" for v in r["controller_vs_budget"])
                 + " from the budget at the deadline (per seed), before the deadline's bisection moved the fewest "
                 "gates into the band.",

@@ -65,8 +65,8 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
     The controller needs zero gates to come back, so the module's ``zero_hold`` is off while it steers;
     but near the budget the gates hovering at zero then come and go from one measurement to the next, and
     the MACs with them. From ``pin_zeros_from`` of the steps to the deadline on, the module's ``zero_hold``
-    is back on: a gate that has stayed at zero that long is pinned there, the zero set settles, and the
-    controller steers the gates that are still alive into the band before the deadline.
+    is back on: a gate that has stayed at zero that long is pinned there, and the controller steers the
+    gates still alive (a gate that keeps coming back within ``zero_hold`` steps is never pinned).
 
     Args:
         target_macs: budget in MACs (> 1), or as a fraction (<= 1) of the unpruned network's MACs.

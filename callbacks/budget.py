@@ -256,7 +256,7 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
 
     @override
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if self.result is None:
+        if self.result is None and self.pin_zeros_from is not None:  # without pinning, on_train_start's 0 holds
             self._hold_zeros(trainer)
 
     def _set_gamma(self, trainer: L.Trainer) -> None:

@@ -158,7 +158,7 @@ def after_step(
     cache of the network's gate/consumer pairs, saves finding them again every step) and a check that no
     gate became non-finite, raised before any callback writes a broken model."""
     if hp.get("gate_rescale"):
-        found = (pairs or GatePairCache())(net)
+        found = (pairs if pairs is not None else GatePairCache())(net)
         rescale_gates(found, getattr(optimizer, "optimizer", optimizer), hp.get("rescale_into", "weights"))
     scales = [p.detach().flatten() for p in gate_parameters(net)]
     if scales and not torch.isfinite(torch.cat(scales)).all():

@@ -141,7 +141,7 @@ class _RecordHold(L.Callback):
 @pytest.mark.slow
 def test_zeros_are_pinned_only_from_pin_zeros_from_and_then_stay_zero_until_the_deadline(tmp_path, make, fit):
     """The controller may revive zero gates until pin_zeros_from; from there a gate that has stayed zero for the
-    module's zero_hold steps stays zero, so the zero set the deadline measures has settled."""
+    module's zero_hold steps stays zero until the deadline."""
     module, record = make(gamma=0.3, zero_hold=4), _RecordHold()
     budget = MacsBudget(0.5, by_epoch=3, every_n_steps=4, pin_zeros_from=0.5)
     fit(module, tmp_path, [budget, record], max_epochs=3, train_size=256)

@@ -29,6 +29,8 @@ Fashion-MNIST train split, 469 batches of 128, four times):
   structure is fixed at epoch ``epochs - finetune_epochs`` and then trained shrunk; one point per budget;
 * ``sss_budget_pinned``: the same with ``MacsBudget(pin_zeros_from=0.75)``: over the last quarter of the steps
   to the deadline, gates that stayed at zero for the module's ``zero_hold`` steps are pinned there;
+* ``sss_budget_landing``: the same with ``MacsBudget(land_from=0.9)``: from 9/10 of the steps to the deadline,
+  the first measurement inside the tolerance band fixes the structure there;
 * ``uniform``: a thinner network (one width per point) trained from scratch;
 * ``slimming`` and ``depgraph``: Torch-Pruning's ``BNScalePruner`` and ``GroupNormPruner`` with their
   sparsity regularisers for ``epochs - finetune_epochs`` epochs, pruned to the MACs that the same seed's
@@ -73,6 +75,7 @@ METHODS_TABLE: dict[str, tuple[str, str]] = {
     "sss_slow_gates": ("SSS, gates at half the LR", "p-"),
     "sss_budget": ("SSS + MacsBudget", "P"),
     "sss_budget_pinned": ("SSS + MacsBudget, zeros pinned from 3/4 of the way", "X"),
+    "sss_budget_landing": ("SSS + MacsBudget, fixed in the band from 9/10 of the way", "*"),
     "uniform": ("uniform width", "D:"),
     "slimming": ("Network Slimming (TP)", "s"),
     "depgraph": ("DepGraph (TP)", "^"),
@@ -119,7 +122,11 @@ GAMMA_POINTS: dict[str, GammaPoints] = {
     ),
 }
 # SSS methods steered to a budget (one point per --budgets entry): MacsBudget's arguments besides the defaults
-BUDGET_POINTS: dict[str, dict[str, Any]] = {"sss_budget": {}, "sss_budget_pinned": {"pin_zeros_from": 0.75}}
+BUDGET_POINTS: dict[str, dict[str, Any]] = {
+    "sss_budget": {},
+    "sss_budget_pinned": {"pin_zeros_from": 0.75},
+    "sss_budget_landing": {"land_from": 0.9},
+}
 SSS_METHODS = (*GAMMA_POINTS, *BUDGET_POINTS)
 KEY = ("arch", "dataset", "epochs", "batches_per_epoch", "method", "knob", "seed")
 
@@ -216,6 +223,7 @@ def run_one(method: str, knob: Any, seed: int, args, runs: list[dict]) -> dict:
         save_pruned(module.net, Path(args.out_dir) / f"{method}-{str(knob).replace(':', '-')}-{seed}.pt")
     if method in BUDGET_POINTS and budget.result:  # where the gamma controller alone had brought the network
         row["controller_vs_budget"] = budget.result["macs_reached"] / budget.result["target_macs"] - 1
+        row["budget_fixed_at_step"] = budget.result["step"]  # the deadline, or an earlier landing in the band
         row["budget_history"] = budget.history  # the controller's trajectory: MACs, look-ahead MACs, gamma
     return row
 

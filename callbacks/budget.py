@@ -40,6 +40,16 @@ def _gates_restored(net: torch.nn.Module) -> Iterator[None]:
 LOOKAHEAD = ("glide", "always", "never")
 
 
+def _fraction_or_none(name: str, value: Any, example: str) -> float | None:
+    """``value`` as a fraction of the steps to the deadline in [0, 1), or None; a ``ValueError`` otherwise."""
+    fraction = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if value is not None and not (fraction and 0 <= value < 1):
+        raise ValueError(
+            f"{name} must be a fraction of the steps to the deadline in [0, 1) or None, got {value!r}; e.g. {example}"
+        )
+    return value
+
+
 class MacsBudget(ClassNamedLegacyKey, Callback):
     """Hit a MACs budget in one run: a controller scales every gate group's ``gamma`` so that the network
     surgery would produce costs ``target_macs``, and at the end of epoch ``by_epoch`` the structure is
@@ -62,6 +72,11 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
     the smallest non-zero ones set to zero when too expensive, the most recently alive zero ones given
     back their last value when too cheap.
 
+    Near the budget the gates hovering at zero come and go from one measurement to the next, so the MACs
+    at the deadline are wherever that flicker is at the time. With ``land_from``, the structure is fixed
+    earlier, at the first measurement from ``land_from`` of the steps to the deadline on that is inside
+    the tolerance band: the zeros the proximal steps made there are the selection, and nothing is moved.
+
     The controller needs zero gates to come back, so the module's ``zero_hold`` is off while it steers;
     but near the budget the gates hovering at zero then come and go from one measurement to the next, and
     the MACs with them. From ``pin_zeros_from`` of the steps to the deadline on, the module's ``zero_hold``
@@ -81,6 +96,8 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
             ``"always"`` or ``"never"``.
         pin_zeros_from: the fraction of the steps to the deadline from which zeros held for the module's
             ``zero_hold`` steps are pinned (None: never; the module's ``zero_hold`` must then be > 0).
+        land_from: the fraction of the steps to the deadline from which a measurement inside the tolerance
+            band fixes the structure at once (None: the structure is fixed at the deadline only).
         input_size: ``(C, H, W)``; default: the shape the module recorded from its batches.
 
     Logs ``budget/macs`` (and ``budget/macs_lookahead``, what the controller steers), ``budget/target_macs``,
@@ -99,6 +116,7 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
         glide: float = 0.5,
         lookahead: str = "glide",
         pin_zeros_from: float | None = None,
+        land_from: float | None = None,
         input_size: list[int] | None = None,
     ) -> None:
         if isinstance(target_macs, bool) or not isinstance(target_macs, (int, float)) or not target_macs > 0:
@@ -122,13 +140,12 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
                 f"got {lookahead!r}"
             )
         self.lookahead = lookahead
-        fraction = isinstance(pin_zeros_from, (int, float)) and not isinstance(pin_zeros_from, bool)
-        if pin_zeros_from is not None and not (fraction and 0 <= pin_zeros_from < 1):
-            raise ValueError(
-                f"pin_zeros_from must be a fraction of the steps to the deadline in [0, 1) or None, got "
-                f"{pin_zeros_from!r}; e.g. 0.75 pins settled zeros over the last quarter before the deadline"
-            )
-        self.pin_zeros_from = pin_zeros_from
+        self.pin_zeros_from = _fraction_or_none(
+            "pin_zeros_from", pin_zeros_from, "0.75 pins settled zeros over the last quarter before the deadline"
+        )
+        self.land_from = _fraction_or_none(
+            "land_from", land_from, "0.9 fixes the structure at the first measurement inside the band from there"
+        )
         self.input_size = check_input_size(input_size)
         self.base_gamma: dict[str, float] = {}
         self.zero_hold: dict[str, int] = {}  # the module's zero_hold per gate group, off while the controller steers
@@ -293,7 +310,10 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
         ahead = self._measure(pl_module.net, self._lookahead(trainer) if look else None)
         if self.controller.update(ahead, progress):
             self._set_gamma(trainer)
-        self._log(trainer, self._measure(pl_module.net), ahead)
+        macs = self._measure(pl_module.net)
+        self._log(trainer, macs, ahead)
+        if self.land_from is not None and progress >= self.land_from and self.controller.within(macs):
+            self._fix(trainer, pl_module, at_deadline=False)
 
     def _progress(self, trainer: L.Trainer) -> float:
         """The run's progress towards the deadline, the end of epoch ``by_epoch`` (1.0 there)."""
@@ -312,34 +332,43 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.result is not None or trainer.current_epoch + 1 < self.by_epoch:
             return
+        self._fix(trainer, pl_module, at_deadline=True)
+
+    def _fix(self, trainer: L.Trainer, pl_module: L.LightningModule, at_deadline: bool) -> None:
+        """Fix the structure where it is; at the deadline, first move the fewest gates that bring it into the
+        band (an early landing is inside it already)."""
         net = pl_module.net
         reached = self._measure(net)
         projected = revived = 0
         self._remember(net)
-        if reached > self.target * (1 + self.tolerance):
+        if at_deadline and reached > self.target * (1 + self.tolerance):
             projected = self._project(net)
-        elif reached < self.target * (1 - self.tolerance):
+        elif at_deadline and reached < self.target * (1 - self.tolerance):
             revived = self._revive(net)
         macs = self._measure(net)
         self.result = {
             "epoch": trainer.current_epoch + 1,
             "step": trainer.global_step,
+            "at_deadline": at_deadline,
             "macs_reached": reached,
             "macs": macs,
             "target_macs": self.target,
             "projected_gates": projected,
             "revived_gates": revived,
         }
-        self._log(trainer, macs)
+        if at_deadline:
+            self._log(trainer, macs)
+        when = f"after epoch {self.result['epoch']}" if at_deadline else f"at step {trainer.global_step}"
         off = macs / self.target - 1
         rank_zero_info(
-            f"MacsBudget: structure fixed after epoch {self.result['epoch']} at {macs:,.0f} MACs "
+            f"MacsBudget: structure fixed {when} at {macs:,.0f} MACs "
             f"({off:+.1%} vs the budget {self.target:,.0f}; the controller reached {reached:,.0f}"
             + (f", then {projected} smallest gates were set to zero" if projected else "")
             + (f", then {revived} zero gates were given back their last value" if revived else "")
+            + ("" if at_deadline else f", inside the band from land_from={self.land_from:g} on")
             + ")"
         )
-        pl_module.settle(f"MacsBudget fixed the structure after epoch {self.result['epoch']}")
+        pl_module.settle(f"MacsBudget fixed the structure {when}")
         if abs(off) > self.tolerance:
             rank_zero_warn(
                 f"MacsBudget: landed {off:+.1%} from the budget, outside the {self.tolerance:.0%} tolerance: the "

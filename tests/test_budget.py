@@ -95,6 +95,8 @@ def test_budget_state_round_trips():
         ({"target_macs": 0.5, "by_epoch": 2, "lookahead": True}, r"lookahead must be one of \('glide'"),
         ({"target_macs": 0.5, "by_epoch": 2, "pin_zeros_from": 1.0}, r"pin_zeros_from must be .* in \[0, 1\)"),
         ({"target_macs": 0.5, "by_epoch": 2, "pin_zeros_from": True}, r"pin_zeros_from must be .* got True"),
+        ({"target_macs": 0.5, "by_epoch": 2, "land_from": -0.1}, r"land_from must be .* in \[0, 1\) or None"),
+        ({"target_macs": 0.5, "by_epoch": 2, "land_from": "0.9"}, r"land_from must be .* got '0.9'"),
     ],
 )
 def test_bad_arguments_say_what_to_fix(kwargs, message):
@@ -167,3 +169,26 @@ def test_budget_freeze_and_shrink_callbacks_have_a_state_key_per_setting():
     assert FreezeGates(patience=2).state_key != FreezeGates(patience=3).state_key
     assert InTrainingShrink(epochs=[2]).state_key != InTrainingShrink(epochs=[3]).state_key
     assert MacsBudget(0.5, by_epoch=2).state_key == MacsBudget(0.5, by_epoch=2).state_key  # resumes find it
+
+
+@pytest.mark.slow
+def test_with_land_from_the_first_measurement_inside_the_band_fixes_the_structure_unmoved(tmp_path, make, fit):
+    """From land_from of the steps to the deadline, the first measurement inside the tolerance band fixes the
+    structure at once: no gate is moved, the gates stop changing there, and the pruned network costs what the
+    controller measured."""
+    module, record = make(), _RecordHold()
+    module.hparams.gate_rescale = False  # the paper's gates: the tiny net's rescaled ones fall through the band
+    budget = MacsBudget(0.5, by_epoch=3, every_n_steps=2, tolerance=0.05, land_from=0.3)
+    trainer = fit(module, tmp_path, [budget, record])
+    deadline = 3 * trainer.num_training_batches
+    late = [r for r in budget.history if r["step"] >= 0.3 * deadline]
+    inside = [abs(r["macs_over_target"] - 1) <= 0.05 for r in late]
+    assert inside[-1] and not any(inside[:-1]) and late[-1]["step"] < deadline  # it landed at the first chance
+    result = budget.result
+    assert not result["at_deadline"] and result["step"] == late[-1]["step"]
+    assert result["projected_gates"] == result["revived_gates"] == 0 and result["macs"] == result["macs_reached"]
+    fixed = [zeros for step, _, zeros in record.steps if step >= result["step"]]
+    assert len(fixed) == trainer.global_step - result["step"] + 1 and all(
+        all(torch.equal(a, b) for a, b in zip(z, fixed[0], strict=True)) for z in fixed
+    )  # the gates' zero set did not change from the landing to the end of training
+    assert count_flops(prune(module.net), SIZE).macs == pytest.approx(result["macs"])

@@ -64,69 +64,70 @@ from sss_lightning.io import save_pruned
 from sss_lightning.models import build_model
 from sss_lightning.module import SSSClassifier
 
-# every method, in table order: its label in the report and its marker in the plot
-METHODS_TABLE: dict[str, tuple[str, str]] = {
-    "unpruned": ("unpruned", "k*"),
-    "sss": ("SSS (default recipe)", "o-"),
-    "sss_block_channel": ("SSS, block + channel gates only", "v-"),
-    "sss_late": ("SSS, penalty from half-way", "D-"),
-    "sss_ramp": ("SSS, penalty ramped over half the run", "X-"),
-    "sss_norm": ("SSS, rescaling into BN", "h-"),
-    "sss_slow_gates": ("SSS, gates at half the LR", "p-"),
-    "sss_budget": ("SSS + MacsBudget", "P"),
-    "sss_budget_pinned": ("SSS + MacsBudget, zeros pinned from 3/4 of the way", "X"),
-    "sss_budget_landing": ("SSS + MacsBudget, fixed in the band from 9/10 of the way", "*"),
-    "uniform": ("uniform width", "D:"),
-    "slimming": ("Network Slimming (TP)", "s"),
-    "depgraph": ("DepGraph (TP)", "^"),
-}
-METHODS = tuple(METHODS_TABLE)
-NAMES = {method: label for method, (label, _) in METHODS_TABLE.items()}
-MATCHED = ("slimming", "depgraph")
+KINDS = ("reference", "gamma", "budget", "uniform", "matched")
 
 
-class GammaPoints(NamedTuple):
-    """An SSS method with one point per gamma."""
+class Method(NamedTuple):
+    """One method of the sweep: how the report and plot name it, and how it trains."""
 
-    arg: str  # the command-line argument that lists its gammas
-    default: list[float]  # the gammas it runs by default
-    overrides: dict[str, Any]  # how it differs from the default recipe (SSSClassifier's arguments)
-    help: str
+    label: str  # its name in the report and the plot legend
+    marker: str  # its matplotlib format in the plot
+    kind: str  # one of KINDS: the unpruned reference, SSS points per gamma or per budget, uniform, matched TP
+    overrides: dict[str, Any] = {}  # gamma: SSSClassifier's arguments besides the default recipe; budget: MacsBudget's
+    arg: str = ""  # gamma: the command-line argument that lists its gammas
+    default: tuple[float, ...] = ()  # gamma: the gammas it runs by default
+    help: str = ""  # gamma: the help text of ``arg``
 
 
-GAMMA_POINTS: dict[str, GammaPoints] = {
-    "sss": GammaPoints("gammas", [0.0037], {}, "SSS (default recipe) points"),
-    "sss_block_channel": GammaPoints(
-        "block_channel_gammas", [0.005, 0.009], {"gates": "both"}, "SSS block + channel gates points"
+def _gammas(label: str, marker: str, arg: str, default: tuple[float, ...], help: str, **overrides: Any) -> Method:
+    return Method(label, marker, "gamma", overrides, arg, default, help)
+
+
+def _budget(label: str, marker: str, **overrides: Any) -> Method:
+    return Method(label, marker, "budget", overrides)
+
+
+# every method, in table order
+METHODS_TABLE: dict[str, Method] = {
+    "unpruned": Method("unpruned", "k*", "reference"),
+    "sss": _gammas("SSS (default recipe)", "o-", "gammas", (0.0037,), "SSS (default recipe) points"),
+    "sss_block_channel": _gammas(
+        "SSS, block + channel gates only", "v-", "block_channel_gammas", (0.005, 0.009),
+        "SSS block + channel gates points", gates="both",
     ),
-    "sss_late": GammaPoints(
-        "late_gammas", [], {"penalty_start": 0.5}, "SSS points with the penalty from half-way (penalty_start=0.5)"
+    "sss_late": _gammas(
+        "SSS, penalty from half-way", "D-", "late_gammas", (),
+        "SSS points with the penalty from half-way (penalty_start=0.5)", penalty_start=0.5,
     ),
-    "sss_ramp": GammaPoints(
-        "ramp_gammas",
-        [],
-        {"penalty_ramp": 0.5},
+    "sss_ramp": _gammas(
+        "SSS, penalty ramped over half the run", "X-", "ramp_gammas", (),
         "SSS points with the penalty ramped from 0 over the first half of the run (penalty_ramp=0.5)",
+        penalty_ramp=0.5,
     ),
-    "sss_norm": GammaPoints(
-        "norm_gammas",
-        [],
-        {"rescale_into": "norm"},
-        'SSS points with gate rescaling into the BN after each consumer (rescale_into="norm")',
+    "sss_norm": _gammas(
+        "SSS, rescaling into BN", "h-", "norm_gammas", (),
+        'SSS points with gate rescaling into the BN after each consumer (rescale_into="norm")', rescale_into="norm",
     ),
-    "sss_slow_gates": GammaPoints(
-        "slow_gate_gammas",
-        [],
-        {"gate_lr": 0.05},
-        "SSS points with the gates at half the weights' learning rate (gate_lr=0.05)",
+    "sss_slow_gates": _gammas(
+        "SSS, gates at half the LR", "p-", "slow_gate_gammas", (),
+        "SSS points with the gates at half the weights' learning rate (gate_lr=0.05)", gate_lr=0.05,
     ),
-}
-# SSS methods steered to a budget (one point per --budgets entry): MacsBudget's arguments besides the defaults
-BUDGET_POINTS: dict[str, dict[str, Any]] = {
-    "sss_budget": {},
-    "sss_budget_pinned": {"pin_zeros_from": 0.75},
-    "sss_budget_landing": {"land_from": 0.9},
-}
+    "sss_budget": _budget("SSS + MacsBudget", "P"),
+    "sss_budget_pinned": _budget("SSS + MacsBudget, zeros pinned from 3/4 of the way", "X", pin_zeros_from=0.75),
+    "sss_budget_landing": _budget("SSS + MacsBudget, fixed in the band from 9/10 of the way", "*", land_from=0.9),
+    "uniform": Method("uniform width", "D:", "uniform"),
+    "slimming": Method("Network Slimming (TP)", "s", "matched"),
+    "depgraph": Method("DepGraph (TP)", "^", "matched"),
+}  # fmt: skip
+METHODS = tuple(METHODS_TABLE)
+NAMES = {method: m.label for method, m in METHODS_TABLE.items()}
+
+
+def _of_kind(kind: str) -> dict[str, Method]:
+    return {name: m for name, m in METHODS_TABLE.items() if m.kind == kind}
+
+
+GAMMA_POINTS, BUDGET_POINTS, MATCHED = _of_kind("gamma"), _of_kind("budget"), tuple(_of_kind("matched"))
 SSS_METHODS = (*GAMMA_POINTS, *BUDGET_POINTS)
 KEY = ("arch", "dataset", "epochs", "batches_per_epoch", "method", "knob", "seed")
 
@@ -166,16 +167,17 @@ def run_one(method: str, knob: Any, seed: int, args, runs: list[dict]) -> dict:
     surgery = StructuralSurgery(dirpath=args.out_dir, filename=f"{method}-{knob}-{seed}.pt")
     tp = budget = None
     fixed_epoch = args.epochs - args.finetune_epochs
-    if method in GAMMA_POINTS:
+    kind = METHODS_TABLE[method].kind
+    if kind == "gamma":
         module = SSSClassifier(gamma=knob, **GAMMA_POINTS[method].overrides, **common)
         callbacks += [monitor, surgery]
-    elif method in BUDGET_POINTS:
+    elif kind == "budget":
         module = SSSClassifier(gamma=args.budget_gamma, **common)
-        budget = MacsBudget(knob, by_epoch=fixed_epoch, **BUDGET_POINTS[method])
+        budget = MacsBudget(knob, by_epoch=fixed_epoch, **BUDGET_POINTS[method].overrides)
         callbacks += [monitor, budget, InTrainingShrink(), surgery]
-    elif method == "uniform":
+    elif kind == "uniform":
         module = SSSClassifier(gates="channel", freeze_gates=True, arch_kwargs={"width": int(knob)}, **common)
-    elif method in MATCHED:
+    elif kind == "matched":
         from benchmarks.torch_pruning_baselines import PlainClassifier, TorchPruningBaseline
 
         module = PlainClassifier(arch=args.arch, num_classes=10, in_channels=size[0], lr=args.lr)
@@ -316,9 +318,10 @@ def summarize(runs: list[dict]) -> list[dict]:
         key = "stability_stable_zero_fraction"
         stable = [r[key] for r in rs if r.get(key) is not None]
         # per seed, in seed order: a mean would let a run above the budget cancel one below it
-        landed = [r["controller_vs_budget"] for r in sorted(rs, key=lambda r: r["seed"]) if "controller_vs_budget" in r]
-        if landed:
-            row["controller_vs_budget"] = landed
+        budgeted = [r for r in sorted(rs, key=lambda r: r["seed"]) if "controller_vs_budget" in r]
+        if budgeted:
+            row["controller_vs_budget"] = [r["controller_vs_budget"] for r in budgeted]
+            row["budget_fixed_at_step"] = [r.get("budget_fixed_at_step") for r in budgeted]  # None: not recorded
         if stable:
             row["stable_zero_fraction"] = statistics.mean(stable)
             row["last_epoch_churn"] = statistics.mean(r["churn_per_epoch"][-1] for r in rs)
@@ -333,13 +336,14 @@ def summarize(runs: list[dict]) -> list[dict]:
 
 
 def _setting(method: str, knob: str) -> str:
-    if method == "unpruned":
+    kind = METHODS_TABLE[method].kind
+    if kind == "reference":
         return "-"
-    if method in GAMMA_POINTS:
+    if kind == "gamma":
         return f"gamma {knob}"
-    if method in BUDGET_POINTS:
+    if kind == "budget":
         return f"budget {float(knob):.0%}"
-    if method == "uniform":
+    if kind == "uniform":
         return f"width {knob}"
     source, value = knob.split(":")
     return f"MACs of {NAMES[source]}, {_setting(source, value)}"
@@ -376,14 +380,19 @@ def report(rows: list[dict], cmps: list[dict], args) -> str:
             f"| {NAMES[r['method']]} | {_setting(r['method'], r['knob'])} | {len(r['seeds'])} | "
             f"{r['macs_ratio']:.3f} | {r['params'] / 1e3:.1f}K | {r['acc_mean']:.4f} ({r['acc_std']:.4f}) | {stable} |"
         )
+    recorded = sorted(set(getattr(args, "recorded_steps", []))) or [args.epochs * args.batches_per_epoch]
+    deadline = (args.epochs - args.finetune_epochs) * (recorded[0] // args.epochs)  # the budget's, in steps
     for r in rows:
         if "controller_vs_budget" in r:
+            steps = r.get("budget_fixed_at_step") or []
             lines += [
                 "",
                 f"{NAMES[r['method']]}, budget {float(r['knob']):.0%}: the gamma controller alone ended "
                 + " / ".join(f"{100 * v:+.1f}%" for v in r["controller_vs_budget"])
-                + " from the budget at the deadline (per seed), before the deadline's bisection moved the fewest "
-                "gates into the band.",
+                + " from the budget (per seed) when the structure was fixed"
+                + (f", at step {' / '.join(str(s) for s in steps)}" if steps and None not in steps else "")
+                + f" (the deadline, the end of epoch {args.epochs - args.finetune_epochs}, is step {deadline}); "
+                "a landing at the deadline outside the band is then brought into it by moving the fewest gates.",
             ]
     lines += [
         "",
@@ -412,7 +421,7 @@ def plot(rows: list[dict], args, path: Path) -> None:
             pts = sorted((r["macs_ratio"], r["acc_mean"], r["acc_std"]) for r in rows if r["method"] == method)
             if pts:
                 xs, ys, es = zip(*pts, strict=True)
-                ax.errorbar(xs, ys, yerr=es, fmt=METHODS_TABLE[method][1], label=NAMES[method], capsize=3, ms=6)
+                ax.errorbar(xs, ys, yerr=es, fmt=METHODS_TABLE[method].marker, label=NAMES[method], capsize=3, ms=6)
         ax.set(
             xlabel="MACs / unpruned network",
             ylabel="test accuracy",
@@ -430,7 +439,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--seeds", type=list[int], default=[0, 1, 2])
     parser.add_argument("--methods", type=list[str], default=list(METHODS), help=f"a subset of {METHODS}")
     for point in GAMMA_POINTS.values():
-        parser.add_argument(f"--{point.arg}", type=list[float], default=point.default, help=point.help)
+        parser.add_argument(f"--{point.arg}", type=list[float], default=list(point.default), help=point.help)
     parser.add_argument("--budgets", type=list[float], default=[0.4], help="SSS + MacsBudget targets")
     parser.add_argument("--budget_gamma", type=float, default=0.01, help="SSS + MacsBudget's starting gamma")
     parser.add_argument("--widths", type=list[int], default=[13, 10, 7], help="uniform widths (16 = unpruned)")

@@ -114,7 +114,10 @@ def test_pareto_script_runs_every_method_paired_and_resumes_without_repeating(tm
     assert by[("unpruned", "None")]["macs_ratio"] == 1.0
     assert by[("uniform", "8")]["macs_ratio"] < 0.4  # width 8 of 16: about a quarter
     runs = [json.loads(line) for line in (tmp_path / "p.runs.jsonl").read_text().splitlines()]
-    assert len(runs) == 2 * 13 and {r["steps"] for r in runs} == {6}  # the same step budget for every method
+    per_seed = len(pareto.METHODS) + 1  # one knob per method, two uniform widths
+    assert len(runs) == 2 * per_seed and {r["steps"] for r in runs} == {6}  # the same step budget for every method
+    budgeted = [r for r in runs if r["method"] in pareto.BUDGET_POINTS]
+    assert budgeted and all(0 < r["budget_fixed_at_step"] <= 6 for r in budgeted)  # the step the structure was fixed
     for seed in (0, 1):  # the TP baselines prune to the MACs the same seed's SSS point reached
         ours = next(r for r in runs if r["method"] == "sss_budget" and r["seed"] == seed)
         for method in pareto.MATCHED:

@@ -25,6 +25,9 @@ Fashion-MNIST train split, 469 batches of 128, four times):
 * ``sss_slow_gates``: the default recipe with ``gate_lr=0.05``, half the weights' learning rate: the gates
   move more slowly, so (with a larger gamma for the same sparsity) the structures reach zero later in the
   run; one point per ``--slow_gate_gammas`` entry;
+* ``sss_straight``: the default recipe with ``straight_through=True``: while the gates select, the layers before
+  a gate get their gradient as if it were 1, so the weights of structures at or near zero keep training until
+  the structure is fixed, as under a pruner that cuts once; one point per ``--straight_gammas`` entry;
 * ``sss_budget``: the default recipe steered to a MACs budget by :class:`~sss_lightning.callbacks.MacsBudget`, whose
   structure is fixed at epoch ``epochs - finetune_epochs`` and then trained shrunk; one point per budget;
 * ``sss_budget_pinned``: the same with ``MacsBudget(pin_zeros_from=0.75)``: over the last quarter of the steps
@@ -111,6 +114,11 @@ METHODS_TABLE: dict[str, Method] = {
     "sss_slow_gates": _gammas(
         "SSS, gates at half the LR", "p-", "slow_gate_gammas", (),
         "SSS points with the gates at half the weights' learning rate (gate_lr=0.05)", gate_lr=0.05,
+    ),
+    "sss_straight": _gammas(
+        "SSS, straight-through gates", "<-", "straight_gammas", (),
+        "SSS points whose gates pass the gradient to the layers before them ungated (straight_through=True)",
+        straight_through=True,
     ),
     "sss_budget": _budget("SSS + MacsBudget", "P"),
     "sss_budget_pinned": _budget("SSS + MacsBudget, zeros pinned from 3/4 of the way", "X", pin_zeros_from=0.75),

@@ -28,6 +28,7 @@ __all__ = [
     "has_gates",
     "sparsity",
     "random_gate_pattern",
+    "set_straight_through",
 ]
 
 
@@ -45,10 +46,26 @@ class Gate(nn.Module):
     """
 
     kind: ClassVar[str] = ""
+    # while the gate trains, pass the input's gradient through it as if it were 1 (see :meth:`apply`); an
+    # instance attribute once set, so it travels with copies and slices of the gate
+    straight_through: bool = False
 
     def __init__(self, n: int, init: float = 1.0) -> None:
         super().__init__()
         self.scale = nn.Parameter(torch.full((n,), float(init)))
+
+    def passes_gradient(self) -> bool:
+        """Whether this forward passes the input's gradient ungated: ``straight_through`` is set, gradients
+        are recorded, and the gate itself still trains (a frozen gate is part of a fixed structure)."""
+        return self.straight_through and torch.is_grad_enabled() and self.scale.requires_grad
+
+    def apply(self, x: Tensor, factor: Tensor) -> Tensor:
+        """``x * factor``; with :meth:`passes_gradient`, the same values with the gradient to ``x`` passed as if
+        the factor were 1, so the layers before a small or zero gate keep training (the factor's own
+        gradient is unchanged)."""
+        if self.passes_gradient():
+            return x + x.detach() * (factor - 1)
+        return x * factor
 
     @property
     def num_structures(self) -> int:
@@ -76,7 +93,7 @@ class ChannelGate(Gate):
                 f"ChannelGate({self.num_structures}) got input of shape {tuple(x.shape)}; "
                 f"dimension 1 must have {self.num_structures} channels"
             )
-        return x * self.scale.view(1, -1, *([1] * (x.dim() - 2)))
+        return self.apply(x, self.scale.view(1, -1, *([1] * (x.dim() - 2))))
 
     def channel_factors(self, channels: int) -> Tensor:
         """One differentiable factor per channel: what surgery folds into the consumer layer, and what the
@@ -101,7 +118,7 @@ class GroupGate(Gate):
                 f"GroupGate({groups}) got input of shape {tuple(x.shape)}; dimension 1 must be a "
                 f"multiple of {groups} (channels are split into {groups} contiguous groups)"
             )
-        return x * self.channel_factors(x.shape[1]).view(1, -1, *([1] * (x.dim() - 2)))
+        return self.apply(x, self.channel_factors(x.shape[1]).view(1, -1, *([1] * (x.dim() - 2))))
 
     def channel_factors(self, channels: int) -> Tensor:
         """The group's factor repeated over its ``channels // groups`` contiguous channels."""
@@ -119,7 +136,7 @@ class BlockGate(Gate):
         super().__init__(1, init)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * self.scale
+        return self.apply(x, self.scale)
 
 
 class StreamGate(ChannelGate):
@@ -205,3 +222,10 @@ def random_gate_pattern(model: nn.Module, zero_fraction: float, seed: int = 0) -
                 zero[0] = False
             values = torch.rand(scale.shape, generator=gen) + 0.5
             scale.copy_(torch.where(zero, 0.0, values).to(scale))
+
+
+def set_straight_through(model: nn.Module, on: bool) -> None:
+    """Set :attr:`Gate.straight_through` on every gate of ``model``: while a gate trains, the layers before it
+    get their gradient as if it were 1."""
+    for info in iter_gates(model):
+        info.module.straight_through = on

@@ -67,8 +67,9 @@ def check_recipe(hp: Mapping[str, Any]) -> bool:
         zero_hold=hp["zero_hold"],
         where=" (gates)",
     )
-    if not isinstance(hp["gate_rescale"], bool):
-        raise ValueError(f"gate_rescale must be a bool, got {hp['gate_rescale']!r}")
+    for flag in ("gate_rescale", "straight_through"):
+        if not isinstance(hp.get(flag, False), bool):
+            raise ValueError(f"{flag} must be a bool, got {hp[flag]!r}")
     if hp.get("rescale_into", "weights") not in INTO:
         raise ValueError(
             f"rescale_into must be one of {INTO} (where gate rescaling puts the factor it takes out of a layer's "

@@ -92,3 +92,28 @@ def test_sparsity_counts_exact_zeros_only():
     assert s["block"] == 1.0
     assert s["overall"] == pytest.approx(3 / 5)
     assert sparsity(nn.Linear(2, 2)) == {}
+
+
+@pytest.mark.parametrize(
+    ("gate", "shape"),
+    [(ChannelGate(4), (2, 4, 3, 3)), (GroupGate(2), (2, 4, 3, 3)), (BlockGate(), (2, 4, 3, 3))],
+    ids=["channel", "group", "block"],
+)
+def test_a_straight_through_gate_scales_as_before_and_passes_the_input_gradient_ungated(gate, shape):
+    torch.manual_seed(0)
+    with torch.no_grad():
+        gate.scale.copy_(torch.linspace(0, 1.5, gate.num_structures))  # a zero gate, a small one, one above 1
+    x = torch.randn(shape, requires_grad=True)
+    upstream = torch.randn(shape)
+    plain = gate(x)
+    (dx_plain, dscale_plain) = torch.autograd.grad((plain * upstream).sum(), (x, gate.scale))
+    gate.straight_through = True
+    through = gate(x)
+    dx, dscale = torch.autograd.grad((through * upstream).sum(), (x, gate.scale))
+    assert torch.allclose(through, plain, atol=1e-6) and torch.equal(through == 0, plain == 0)
+    assert torch.equal(dx, upstream)  # as if every factor were 1: the layers before a zero gate keep training
+    assert not torch.equal(dx_plain, upstream)
+    assert torch.allclose(dscale, dscale_plain, atol=1e-5)  # the gate's own gradient is the true one
+    gate.scale.requires_grad_(False)  # a frozen gate is part of a fixed structure: the true gradient again
+    (dx_frozen,) = torch.autograd.grad((gate(x) * upstream).sum(), (x,))
+    assert torch.equal(dx_frozen, dx_plain)

@@ -113,6 +113,7 @@ def test_missing_network_says_how_to_provide_one():
         ({"gate_mode": "adam"}, "mode must be one of"),
         ({"schedule": "linear"}, "schedule must be"),
         ({"schedule": "step", "milestones": [5, 2]}, "milestones must be a non-empty increasing"),
+        ({"straight_through": 1}, "straight_through must be a bool, got 1"),
     ],
 )
 def test_bad_hyperparameters_fail_at_construction(kwargs, message, tiny_model):
@@ -323,3 +324,31 @@ def test_without_a_penalty_schedule_every_step_applies_the_full_gamma_even_after
 def test_settle_at_must_be_a_fraction(bad, tiny_model):
     with pytest.raises(ValueError, match="settle_at must be a fraction of the training steps in"):
         SSSModule(tiny_model(depth=8, num_classes=4), settle_at=bad)
+
+
+@pytest.mark.parametrize("through", [False, True])
+def test_straight_through_gates_let_the_layers_before_a_zero_gate_train_until_the_structure_is_fixed(
+    through, tiny_classifier
+):
+    from sss_lightning.residual import GatedResidual
+
+    torch.manual_seed(0)
+    module = tiny_classifier(straight_through=through).train()
+    branch = next(m.branch for m in module.net.modules() if isinstance(m, GatedResidual))
+    bn, gate = branch[1], branch[3]  # conv, BN, ReLU, the channel gate, the consumer conv, BN
+    with torch.no_grad():
+        gate.scale[0] = 0.0
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 4, (8,))
+
+    def bn_grad() -> torch.Tensor:
+        module.zero_grad()
+        module.on_train_batch_start((x, y), 0)  # where the module sets its gates' mode for the step
+        nn.functional.cross_entropy(module(x), y).backward()
+        return bn.weight.grad
+
+    grad = bn_grad()
+    assert bool(grad[0] != 0) == through  # the BN before the zero gate trains only with straight_through
+    assert bool((grad[1:] != 0).all())
+    for p in gate_parameters(module.net):  # the structure is fixed: the true gradient again
+        p.requires_grad_(False)
+    assert bn_grad()[0] == 0

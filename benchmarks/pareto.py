@@ -28,12 +28,13 @@ Fashion-MNIST train split, 469 batches of 128, four times):
 * ``sss_straight``: the default recipe with ``straight_through=True``: while the gates select, the layers before
   a gate get their gradient as if it were 1, so the weights of structures at or near zero keep training until
   the structure is fixed, as under a pruner that cuts once; one point per ``--straight_gammas`` entry;
-* ``sss_budget``: the default recipe steered to a MACs budget by :class:`~sss_lightning.callbacks.MacsBudget`, whose
-  structure is fixed at epoch ``epochs - finetune_epochs`` and then trained shrunk; one point per budget;
-* ``sss_budget_pinned``: the same with ``MacsBudget(pin_zeros_from=0.75)``: over the last quarter of the steps
-  to the deadline, gates that stayed at zero for the module's ``zero_hold`` steps are pinned there;
-* ``sss_budget_landing``: the same with ``MacsBudget(land_from=0.9)``: from 9/10 of the steps to the deadline,
-  the first measurement inside the tolerance band fixes the structure there;
+* ``sss_budget_landing``: the default recipe steered to a MACs budget by :class:`~sss_lightning.callbacks.MacsBudget`
+  with its defaults: from 9/10 of the steps to the deadline (the end of epoch ``epochs - finetune_epochs``) the
+  first measurement inside the tolerance band fixes the structure, which then trains shrunk; one point per budget;
+* ``sss_budget``: the same with ``MacsBudget(land_from=None)``: the structure is fixed at the deadline, where the
+  fewest gates that bring it into the band are moved;
+* ``sss_budget_pinned``: ``sss_budget`` with ``pin_zeros_from=0.75``: over the last quarter of the steps to the
+  deadline, gates that stayed at zero for the module's ``zero_hold`` steps are pinned there;
 * ``uniform``: a thinner network (one width per point) trained from scratch;
 * ``slimming`` and ``depgraph``: Torch-Pruning's ``BNScalePruner`` and ``GroupNormPruner`` with their
   sparsity regularisers for ``epochs - finetune_epochs`` epochs, pruned to the MACs that the same seed's
@@ -120,9 +121,12 @@ METHODS_TABLE: dict[str, Method] = {
         "SSS points whose gates pass the gradient to the layers before them ungated (straight_through=True)",
         straight_through=True,
     ),
-    "sss_budget": _budget("SSS + MacsBudget", "P"),
-    "sss_budget_pinned": _budget("SSS + MacsBudget, zeros pinned from 3/4 of the way", "X", pin_zeros_from=0.75),
-    "sss_budget_landing": _budget("SSS + MacsBudget, fixed in the band from 9/10 of the way", "*", land_from=0.9),
+    "sss_budget_landing": _budget("SSS + MacsBudget (fixed in the band from 9/10 of the way)", "*"),
+    "sss_budget": _budget("SSS + MacsBudget, fixed at the deadline", "P", land_from=None),
+    "sss_budget_pinned": _budget(
+        "SSS + MacsBudget, fixed at the deadline, zeros pinned from 3/4 of the way", "X",
+        land_from=None, pin_zeros_from=0.75,
+    ),
     "uniform": Method("uniform width", "D:", "uniform"),
     "slimming": Method("Network Slimming (TP)", "s", "matched"),
     "depgraph": Method("DepGraph (TP)", "^", "matched"),

@@ -73,9 +73,9 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
     back their last value when too cheap.
 
     Near the budget the gates hovering at zero come and go from one measurement to the next, so the MACs
-    at the deadline are wherever that flicker is at the time. With ``land_from``, the structure is fixed
-    earlier, at the first measurement from ``land_from`` of the steps to the deadline on that is inside
-    the tolerance band: the zeros the proximal steps made there are the selection, and nothing is moved.
+    at the deadline are wherever that flicker is at the time. So the structure is fixed earlier, at the
+    first measurement from ``land_from`` of the steps to the deadline on that is inside the tolerance band:
+    the zeros the proximal steps made there are the selection, and no gate is moved.
 
     The controller needs zero gates to come back, so the module's ``zero_hold`` is off while it steers;
     but near the budget the gates hovering at zero then come and go from one measurement to the next, and
@@ -97,7 +97,7 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
         pin_zeros_from: the fraction of the steps to the deadline from which zeros held for the module's
             ``zero_hold`` steps are pinned (None: never; the module's ``zero_hold`` must then be > 0).
         land_from: the fraction of the steps to the deadline from which a measurement inside the tolerance
-            band fixes the structure at once (None: the structure is fixed at the deadline only).
+            band fixes the structure at once (None: at the deadline only, with the bisection).
         input_size: ``(C, H, W)``; default: the shape the module recorded from its batches.
 
     Logs ``budget/macs`` (and ``budget/macs_lookahead``, what the controller steers), ``budget/target_macs``,
@@ -116,7 +116,7 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
         glide: float = 0.5,
         lookahead: str = "glide",
         pin_zeros_from: float | None = None,
-        land_from: float | None = None,
+        land_from: float | None = 0.9,
         input_size: list[int] | None = None,
     ) -> None:
         if isinstance(target_macs, bool) or not isinstance(target_macs, (int, float)) or not target_macs > 0:

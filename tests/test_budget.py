@@ -145,7 +145,7 @@ def test_zeros_are_pinned_only_from_pin_zeros_from_and_then_stay_zero_until_the_
     """The controller may revive zero gates until pin_zeros_from; from there a gate that has stayed zero for the
     module's zero_hold steps stays zero until the deadline."""
     module, record = make(gamma=0.3, zero_hold=4), _RecordHold()
-    budget = MacsBudget(0.5, by_epoch=3, every_n_steps=4, pin_zeros_from=0.5)
+    budget = MacsBudget(0.5, by_epoch=3, every_n_steps=4, pin_zeros_from=0.5, land_from=None)
     fit(module, tmp_path, [budget, record], max_epochs=3, train_size=256)
     deadline = budget.result["step"]  # 3 epochs of 16 steps
     assert [holds for step, holds, _ in record.steps if step <= deadline // 2] == [{0}] * (deadline // 2)

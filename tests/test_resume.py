@@ -35,18 +35,19 @@ class Kill(L.Callback):
 
 @pytest.fixture(scope="session")
 def fit(make, quiet_trainer, tiny_data):
-    """fit(root, callbacks, ckpt_path=None, kill=None, **overrides): (module, trainer) of a 4-epoch run on tiny_data
-    (4 batches an epoch) with an epoch-end last.ckpt; ``kill`` raises at that step, as a crash would; ``overrides``
-    go to make()."""
+    """fit(root, callbacks, ckpt_path=None, kill=None, train_size=None, **overrides): (module, trainer) of a 4-epoch
+    run on tiny_data (4 batches an epoch, or ``train_size`` images) with an epoch-end last.ckpt; ``kill`` raises at
+    that step, as a crash would; ``overrides`` go to make()."""
 
-    def fit(root, callbacks, ckpt_path=None, kill=None, **overrides):
+    def fit(root, callbacks, ckpt_path=None, kill=None, train_size=None, **overrides):
         ckpt = ModelCheckpoint(dirpath=root / "ckpt", save_last=True, enable_version_counter=False)
         kills = [Kill(kill)] if kill is not None else []
         trainer = quiet_trainer(root, [*callbacks, ckpt, *kills], max_epochs=4, enable_checkpointing=True)
         module = make(**overrides)
         L.seed_everything(0)
         try:
-            trainer.fit(module, datamodule=tiny_data(), ckpt_path=ckpt_path)
+            data = tiny_data() if train_size is None else tiny_data(train_size=train_size)
+            trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
         except RuntimeError as err:
             assert "killed" in str(err)
         return module, trainer
@@ -140,3 +141,24 @@ def test_resume_from_a_mid_epoch_checkpoint_skips_the_batches_already_trained_on
     assert trainer.global_step == 12
     for (name, a), b in zip(whole.net.state_dict().items(), resumed.net.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_budget_run_resumed_after_its_early_landing_and_shrink_matches_an_uninterrupted_one(tmp_path, fit):
+    from sss_lightning.callbacks import InTrainingShrink, MacsBudget
+
+    def go(root, ckpt_path=None, kill=None):
+        budget = MacsBudget(0.5, by_epoch=3, every_n_steps=2, tolerance=0.05, land_from=0.3)
+        net = {"arch_kwargs": {"width": 8}, "gamma": 0.05, "gate_rescale": False, "input_size": [3, 8, 8]}
+        module, trainer = fit(root, [budget, InTrainingShrink()], ckpt_path, kill, train_size=512, **net)
+        return module, trainer, budget
+
+    whole, whole_trainer, whole_budget = go(tmp_path / "whole")  # 32 steps an epoch
+    assert not whole_budget.result["at_deadline"] and whole_budget.result["step"] < 64  # landed in epoch 2
+    go(tmp_path / "cut", kill=100)  # dies in epoch 4; last.ckpt: end of epoch 3, after the shrink at its start
+    resumed, trainer, budget = go(tmp_path / "cut", ckpt_path=tmp_path / "cut" / "ckpt" / "last.ckpt")
+
+    assert trainer.global_step == whole_trainer.global_step == 128
+    assert budget.result == whole_budget.result and budget.history == whole_budget.history
+    for (name, a), b in zip(whole.net.state_dict().items(), resumed.net.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)  # the shrunk network, rebuilt
+    assert not any(p.requires_grad for p in gate_parameters(resumed.net))

@@ -25,9 +25,9 @@ Fashion-MNIST train split, 469 batches of 128, four times):
 * ``sss_slow_gates``: the default recipe with ``gate_lr=0.05``, half the weights' learning rate: the gates
   move more slowly, so (with a larger gamma for the same sparsity) the structures reach zero later in the
   run; one point per ``--slow_gate_gammas`` entry;
-* ``sss_straight``: the default recipe with ``straight_through=True``: while the gates select, the layers before
-  a gate get their gradient as if it were 1, so the weights of structures at or near zero keep training until
-  the structure is fixed, as under a pruner that cuts once; one point per ``--straight_gammas`` entry;
+* ``sss_zeros_train``: the default recipe with ``zeros_pass_gradient=True``: while the gates select, the layers
+  before a zero gate get their gradient as if it were 1, so a structure that is off keeps training, as every
+  structure does under a pruner that cuts once; one point per ``--zeros_train_gammas`` entry;
 * ``sss_budget_landing``: the default recipe steered to a MACs budget by :class:`~sss_lightning.callbacks.MacsBudget`
   with its defaults: from 9/10 of the steps to the deadline (the end of epoch ``epochs - finetune_epochs``) the
   first measurement inside the tolerance band fixes the structure, which then trains shrunk; one point per budget;
@@ -116,10 +116,10 @@ METHODS_TABLE: dict[str, Method] = {
         "SSS, gates at half the LR", "p-", "slow_gate_gammas", (),
         "SSS points with the gates at half the weights' learning rate (gate_lr=0.05)", gate_lr=0.05,
     ),
-    "sss_straight": _gammas(
-        "SSS, straight-through gates", "<-", "straight_gammas", (),
-        "SSS points whose gates pass the gradient to the layers before them ungated (straight_through=True)",
-        straight_through=True,
+    "sss_zeros_train": _gammas(
+        "SSS, zero gates pass the gradient", "<-", "zeros_train_gammas", (),
+        "SSS points whose zero gates pass the gradient to the layers before them (zeros_pass_gradient=True)",
+        zeros_pass_gradient=True,
     ),
     "sss_budget_landing": _budget("SSS + MacsBudget (fixed in the band from 9/10 of the way)", "*"),
     "sss_budget": _budget("SSS + MacsBudget, fixed at the deadline", "P", land_from=None),

@@ -28,7 +28,7 @@ __all__ = [
     "has_gates",
     "sparsity",
     "random_gate_pattern",
-    "set_straight_through",
+    "set_zeros_pass_gradient",
 ]
 
 
@@ -46,25 +46,25 @@ class Gate(nn.Module):
     """
 
     kind: ClassVar[str] = ""
-    # while the gate trains, pass the input's gradient through it as if it were 1 (see :meth:`apply`); an
-    # instance attribute once set, so it travels with copies and slices of the gate
-    straight_through: bool = False
+    # while the gate trains, its zero entries pass the input's gradient as if they were 1 (see :meth:`apply`);
+    # an instance attribute once set, so it travels with copies and slices of the gate
+    zeros_pass_gradient: bool = False
 
     def __init__(self, n: int, init: float = 1.0) -> None:
         super().__init__()
         self.scale = nn.Parameter(torch.full((n,), float(init)))
 
     def passes_gradient(self) -> bool:
-        """Whether this forward passes the input's gradient ungated: ``straight_through`` is set, gradients
-        are recorded, and the gate itself still trains (a frozen gate is part of a fixed structure)."""
-        return self.straight_through and torch.is_grad_enabled() and self.scale.requires_grad
+        """Whether this forward lets zero entries pass the input's gradient: ``zeros_pass_gradient`` is set,
+        gradients are recorded, and the gate itself still trains (a frozen gate is part of a fixed structure)."""
+        return self.zeros_pass_gradient and torch.is_grad_enabled() and self.scale.requires_grad
 
     def apply(self, x: Tensor, factor: Tensor) -> Tensor:
-        """``x * factor``; with :meth:`passes_gradient`, the same values with the gradient to ``x`` passed as if
-        the factor were 1, so the layers before a small or zero gate keep training (the factor's own
-        gradient is unchanged)."""
+        """``x * factor``; with :meth:`passes_gradient`, the same values (bit for bit), with the gradient to
+        ``x`` passed as if each zero factor were 1, so the layers before a zero gate keep training while it
+        is off; non-zero factors and the factors' own gradient are unchanged."""
         if self.passes_gradient():
-            return x + x.detach() * (factor - 1)
+            return x * factor + (x - x.detach()) * (factor == 0).to(x.dtype)
         return x * factor
 
     @property
@@ -224,8 +224,8 @@ def random_gate_pattern(model: nn.Module, zero_fraction: float, seed: int = 0) -
             scale.copy_(torch.where(zero, 0.0, values).to(scale))
 
 
-def set_straight_through(model: nn.Module, on: bool) -> None:
-    """Set :attr:`Gate.straight_through` on every gate of ``model``: while a gate trains, the layers before it
-    get their gradient as if it were 1."""
+def set_zeros_pass_gradient(model: nn.Module, on: bool) -> None:
+    """Set :attr:`Gate.zeros_pass_gradient` on every gate of ``model``: while a gate trains, the layers before
+    its zero entries get their gradient as if the entry were 1."""
     for info in iter_gates(model):
-        info.module.straight_through = on
+        info.module.zeros_pass_gradient = on

@@ -22,7 +22,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from . import recipe
 from .checkpoints import load_sss_checkpoint, network_of, read_record, record_built_network, write_record
 from .gate_groups import freeze_all, gate_groups, structure_fixed
-from .gates import gate_parameters, has_gates, iter_gates, set_straight_through, sparsity
+from .gates import gate_parameters, has_gates, iter_gates, set_zeros_pass_gradient, sparsity
 from .models.registry import build_model
 from .rescale import GatePairCache
 from .reshaping import NetworkReshaping
@@ -88,10 +88,10 @@ class SSSModule(L.LightningModule):
             (at ``penalty_start``) to ``gamma``, so the gates shrink slowly while the network is young and
             structures leave gradually rather than at once (0: the full ``gamma`` at once). The ramp must end
             before ``settle_at``.
-        straight_through: while the gates select, pass the gradient to the layers before each gate as if the
-            gate were 1 (the forward is unchanged), so the weights of structures whose gate is small or zero
-            keep training until the structure is fixed, as they do under a pruner that cuts once; frozen gates
-            (``settle_at``, ``MacsBudget``) pass the true gradient.
+        zeros_pass_gradient: while the gates select, the layers before a zero gate get their gradient as if
+            it were 1 (the forward is unchanged), so the weights of a structure that is off keep training and
+            it comes back trained if its gate revives, as every structure trains under a pruner that cuts
+            once; non-zero and frozen gates (``settle_at``, ``MacsBudget``) pass the true gradient.
     """
 
     def __init__(
@@ -118,7 +118,7 @@ class SSSModule(L.LightningModule):
         settle_at: float | None = 0.75,
         penalty_start: float = 0.0,
         penalty_ramp: float = 0.0,
-        straight_through: bool = False,
+        zeros_pass_gradient: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
@@ -188,8 +188,8 @@ class SSSModule(L.LightningModule):
         return loss
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self.hparams.get("straight_through", False):  # every step: a rebuilt or shrunk network has new gates
-            set_straight_through(self.net, True)
+        if self.hparams.get("zeros_pass_gradient", False):  # every step: a rebuilt or shrunk net has new gates
+            set_zeros_pass_gradient(self.net, True)
         if self._trainer is not None:  # every step: a resumed optimizer state carries the scale it was saved with
             steps = self.trainer.estimated_stepping_batches
             scale = recipe.penalty_scale(self.hparams, self.trainer.global_step, steps)

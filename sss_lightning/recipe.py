@@ -67,7 +67,7 @@ def check_recipe(hp: Mapping[str, Any]) -> bool:
         zero_hold=hp["zero_hold"],
         where=" (gates)",
     )
-    for flag in ("gate_rescale", "straight_through"):
+    for flag in ("gate_rescale", "zeros_pass_gradient"):
         if not isinstance(hp.get(flag, False), bool):
             raise ValueError(f"{flag} must be a bool, got {hp[flag]!r}")
     if hp.get("rescale_into", "weights") not in INTO:

@@ -37,7 +37,7 @@ def run_fused(seq: nn.Sequential, x: Tensor) -> Tensor:
         if (
             fuse
             and isinstance(layer, (ChannelGate, GroupGate))
-            and not layer.passes_gradient()  # folded into the weights, the gate would scale the input's gradient
+            and not layer.passes_gradient()  # folded into the weights, a zero entry would block the input's gradient
             and type(nxt) is nn.Conv2d
             and nxt.groups == 1
             and x.dim() == 4

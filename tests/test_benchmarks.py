@@ -105,7 +105,7 @@ def test_pareto_script_runs_every_method_paired_and_resumes_without_repeating(tm
 
     settings = "--dataset synthetic --epochs 2 --batches_per_epoch 3 --seeds [0,1] --gammas [0.8]"
     settings += " --block_channel_gammas [0.8] --late_gammas [0.8] --ramp_gammas [0.8] --norm_gammas [0.8]"
-    settings += " --slow_gate_gammas [0.8] --straight_gammas [0.8]"
+    settings += " --slow_gate_gammas [0.8] --zeros_train_gammas [0.8]"
     settings += " --budgets [0.6]"
     argv = [*settings.split(), "--match", "[sss_budget:0.6]", "--widths", "[12,8]", "--out", str(tmp_path / "p")]
     rows = pareto.main(argv)

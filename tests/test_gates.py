@@ -99,21 +99,22 @@ def test_sparsity_counts_exact_zeros_only():
     [(ChannelGate(4), (2, 4, 3, 3)), (GroupGate(2), (2, 4, 3, 3)), (BlockGate(), (2, 4, 3, 3))],
     ids=["channel", "group", "block"],
 )
-def test_a_straight_through_gate_scales_as_before_and_passes_the_input_gradient_ungated(gate, shape):
+def test_zero_gates_that_pass_the_gradient_keep_the_forward_and_let_the_layers_before_them_train(gate, shape):
     torch.manual_seed(0)
-    with torch.no_grad():
-        gate.scale.copy_(torch.linspace(0, 1.5, gate.num_structures))  # a zero gate, a small one, one above 1
+    with torch.no_grad():  # zero entries and non-zero ones (the block gate: zero)
+        gate.scale.copy_(torch.tensor([0.0, 0.3, 0.0, 1.5][: gate.num_structures]))
     x = torch.randn(shape, requires_grad=True)
     upstream = torch.randn(shape)
     plain = gate(x)
-    (dx_plain, dscale_plain) = torch.autograd.grad((plain * upstream).sum(), (x, gate.scale))
-    gate.straight_through = True
-    through = gate(x)
-    dx, dscale = torch.autograd.grad((through * upstream).sum(), (x, gate.scale))
-    assert torch.allclose(through, plain, atol=1e-6) and torch.equal(through == 0, plain == 0)
-    assert torch.equal(dx, upstream)  # as if every factor were 1: the layers before a zero gate keep training
-    assert not torch.equal(dx_plain, upstream)
-    assert torch.allclose(dscale, dscale_plain, atol=1e-5)  # the gate's own gradient is the true one
+    dx_plain, dscale_plain = torch.autograd.grad((plain * upstream).sum(), (x, gate.scale))
+    gate.zeros_pass_gradient = True
+    passing = gate(x)
+    dx, dscale = torch.autograd.grad((passing * upstream).sum(), (x, gate.scale))
+    assert torch.equal(passing, plain)  # the same forward, bit for bit
+    off = plain.detach() == 0  # where a zero entry blocks the input
+    assert bool(off.any()) and torch.equal(dx[off], upstream[off])  # as if that entry were 1
+    assert torch.equal(dx[~off], dx_plain[~off])  # non-zero entries: the true gradient
+    assert torch.equal(dscale, dscale_plain)  # the gate's own gradient is the true one
     gate.scale.requires_grad_(False)  # a frozen gate is part of a fixed structure: the true gradient again
     (dx_frozen,) = torch.autograd.grad((gate(x) * upstream).sum(), (x,))
     assert torch.equal(dx_frozen, dx_plain)

@@ -113,7 +113,7 @@ def test_missing_network_says_how_to_provide_one():
         ({"gate_mode": "adam"}, "mode must be one of"),
         ({"schedule": "linear"}, "schedule must be"),
         ({"schedule": "step", "milestones": [5, 2]}, "milestones must be a non-empty increasing"),
-        ({"straight_through": 1}, "straight_through must be a bool, got 1"),
+        ({"zeros_pass_gradient": 1}, "zeros_pass_gradient must be a bool, got 1"),
     ],
 )
 def test_bad_hyperparameters_fail_at_construction(kwargs, message, tiny_model):
@@ -327,13 +327,13 @@ def test_settle_at_must_be_a_fraction(bad, tiny_model):
 
 
 @pytest.mark.parametrize("through", [False, True])
-def test_straight_through_gates_let_the_layers_before_a_zero_gate_train_until_the_structure_is_fixed(
+def test_zero_gates_that_pass_the_gradient_let_the_layers_before_them_train_until_the_structure_is_fixed(
     through, tiny_classifier
 ):
     from sss_lightning.residual import GatedResidual
 
     torch.manual_seed(0)
-    module = tiny_classifier(straight_through=through).train()
+    module = tiny_classifier(zeros_pass_gradient=through).train()
     branch = next(m.branch for m in module.net.modules() if isinstance(m, GatedResidual))
     bn, gate = branch[1], branch[3]  # conv, BN, ReLU, the channel gate, the consumer conv, BN
     with torch.no_grad():
@@ -347,7 +347,7 @@ def test_straight_through_gates_let_the_layers_before_a_zero_gate_train_until_th
         return bn.weight.grad
 
     grad = bn_grad()
-    assert bool(grad[0] != 0) == through  # the BN before the zero gate trains only with straight_through
+    assert bool(grad[0] != 0) == through  # the BN before the zero gate trains only when zeros pass
     assert bool((grad[1:] != 0).all())
     for p in gate_parameters(module.net):  # the structure is fixed: the true gradient again
         p.requires_grad_(False)

@@ -52,9 +52,9 @@ def _fraction_or_none(name: str, value: Any, example: str) -> float | None:
 
 class MacsBudget(ClassNamedLegacyKey, Callback):
     """Hit a MACs budget in one run: a controller scales every gate group's ``gamma`` so that the network
-    surgery would produce costs ``target_macs``, and at the end of epoch ``by_epoch`` the structure is
-    fixed there and its gates frozen (the remaining epochs train the weights; add
-    :class:`InTrainingShrink` to train them at the smaller size).
+    surgery would produce costs ``target_macs``, and once it is inside the band (from ``land_from`` of the way
+    on), or at the latest at the end of epoch ``by_epoch``, the structure is fixed there and its gates frozen
+    (the remaining steps train the weights; add :class:`InTrainingShrink` to train them at the smaller size).
 
     Every ``every_n_steps`` optimizer steps the pruned MACs ``m`` are measured (surgery on a copy and
     :class:`~sss_lightning.flops.MacEstimator`) and, outside a dead band of ``tolerance / 2``,
@@ -73,8 +73,8 @@ class MacsBudget(ClassNamedLegacyKey, Callback):
     back their last value when too cheap.
 
     Near the budget the gates hovering at zero come and go from one measurement to the next, so the MACs
-    at the deadline are wherever that flicker is at the time. So the structure is fixed earlier, at the
-    first measurement from ``land_from`` of the steps to the deadline on that is inside the tolerance band:
+    at the deadline are wherever that flicker is at the time. The structure is therefore fixed at the first
+    measurement from ``land_from`` of the steps to the deadline on that is inside the tolerance band:
     the zeros the proximal steps made there are the selection, and no gate is moved.
 
     The controller needs zero gates to come back, so the module's ``zero_hold`` is off while it steers;

@@ -68,15 +68,13 @@ from sss_lightning.io import save_pruned
 from sss_lightning.models import build_model
 from sss_lightning.module import SSSClassifier
 
-KINDS = ("reference", "gamma", "budget", "uniform", "matched")
-
 
 class Method(NamedTuple):
     """One method of the sweep: how the report and plot name it, and how it trains."""
 
     label: str  # its name in the report and the plot legend
     marker: str  # its matplotlib format in the plot
-    kind: str  # one of KINDS: the unpruned reference, SSS points per gamma or per budget, uniform, matched TP
+    kind: str  # "reference" (unpruned), "gamma" or "budget" (SSS points), "uniform" or "matched" (TP)
     overrides: dict[str, Any] = {}  # gamma: SSSClassifier's arguments besides the default recipe; budget: MacsBudget's
     arg: str = ""  # gamma: the command-line argument that lists its gammas
     default: tuple[float, ...] = ()  # gamma: the gammas it runs by default
@@ -369,10 +367,13 @@ def _ci(entry: dict[str, float] | None) -> str:
     return f"{entry['mean']:+.2f} ± {entry['half_width']:.2f} ({entry['n']} seeds)"
 
 
-def _steps(args) -> str:
+def _recorded_steps(args) -> list[int]:
     """The optimizer steps the runs recorded (an epoch's last partial batch is dropped), else the plan."""
-    recorded = sorted(set(getattr(args, "recorded_steps", [])))
-    return " / ".join(map(str, recorded)) if recorded else str(args.epochs * args.batches_per_epoch)
+    return sorted(set(getattr(args, "recorded_steps", []))) or [args.epochs * args.batches_per_epoch]
+
+
+def _steps(args) -> str:
+    return " / ".join(map(str, _recorded_steps(args)))
 
 
 def report(rows: list[dict], cmps: list[dict], args) -> str:
@@ -392,8 +393,7 @@ def report(rows: list[dict], cmps: list[dict], args) -> str:
             f"| {NAMES[r['method']]} | {_setting(r['method'], r['knob'])} | {len(r['seeds'])} | "
             f"{r['macs_ratio']:.3f} | {r['params'] / 1e3:.1f}K | {r['acc_mean']:.4f} ({r['acc_std']:.4f}) | {stable} |"
         )
-    recorded = sorted(set(getattr(args, "recorded_steps", []))) or [args.epochs * args.batches_per_epoch]
-    deadline = (args.epochs - args.finetune_epochs) * (recorded[0] // args.epochs)  # the budget's, in steps
+    deadline = (args.epochs - args.finetune_epochs) * (_recorded_steps(args)[0] // args.epochs)  # in steps
     for r in rows:
         if "controller_vs_budget" in r:
             steps = r.get("budget_fixed_at_step") or []

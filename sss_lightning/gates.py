@@ -46,7 +46,7 @@ class Gate(nn.Module):
     """
 
     kind: ClassVar[str] = ""
-    # while the gate trains, its zero entries pass the input's gradient as if they were 1 (see :meth:`apply`);
+    # while the gate trains, its zero entries pass the input's gradient as if they were 1 (see :meth:`scaled`);
     # an instance attribute once set, so it travels with copies and slices of the gate
     zeros_pass_gradient: bool = False
 
@@ -59,7 +59,7 @@ class Gate(nn.Module):
         gradients are recorded, and the gate itself still trains (a frozen gate is part of a fixed structure)."""
         return self.zeros_pass_gradient and torch.is_grad_enabled() and self.scale.requires_grad
 
-    def apply(self, x: Tensor, factor: Tensor) -> Tensor:
+    def scaled(self, x: Tensor, factor: Tensor) -> Tensor:
         """``x * factor``; with :meth:`passes_gradient`, the same values (bit for bit), with the gradient to
         ``x`` passed as if each zero factor were 1, so the layers before a zero gate keep training while it
         is off; non-zero factors and the factors' own gradient are unchanged."""
@@ -93,7 +93,7 @@ class ChannelGate(Gate):
                 f"ChannelGate({self.num_structures}) got input of shape {tuple(x.shape)}; "
                 f"dimension 1 must have {self.num_structures} channels"
             )
-        return self.apply(x, self.scale.view(1, -1, *([1] * (x.dim() - 2))))
+        return self.scaled(x, self.scale.view(1, -1, *([1] * (x.dim() - 2))))
 
     def channel_factors(self, channels: int) -> Tensor:
         """One differentiable factor per channel: what surgery folds into the consumer layer, and what the
@@ -118,7 +118,7 @@ class GroupGate(Gate):
                 f"GroupGate({groups}) got input of shape {tuple(x.shape)}; dimension 1 must be a "
                 f"multiple of {groups} (channels are split into {groups} contiguous groups)"
             )
-        return self.apply(x, self.channel_factors(x.shape[1]).view(1, -1, *([1] * (x.dim() - 2))))
+        return self.scaled(x, self.channel_factors(x.shape[1]).view(1, -1, *([1] * (x.dim() - 2))))
 
     def channel_factors(self, channels: int) -> Tensor:
         """The group's factor repeated over its ``channels // groups`` contiguous channels."""
@@ -136,7 +136,7 @@ class BlockGate(Gate):
         super().__init__(1, init)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.apply(x, self.scale)
+        return self.scaled(x, self.scale)
 
 
 class StreamGate(ChannelGate):

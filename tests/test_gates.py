@@ -118,3 +118,10 @@ def test_zero_gates_that_pass_the_gradient_keep_the_forward_and_let_the_layers_b
     gate.scale.requires_grad_(False)  # a frozen gate is part of a fixed structure: the true gradient again
     (dx_frozen,) = torch.autograd.grad((gate(x) * upstream).sum(), (x,))
     assert torch.equal(dx_frozen, dx_plain)
+
+
+def test_module_apply_still_reaches_every_gate(tiny_model):
+    """Gates keep nn.Module.apply (e.g. a user's weight init) working: their own forward helper has another name."""
+    seen = []
+    tiny_model().apply(lambda m: seen.append(type(m).__name__))
+    assert "ChannelGate" in seen and "BlockGate" in seen

@@ -55,7 +55,7 @@ wait_all() {
 for s in $SEEDS; do
   run "unpruned-$s" --seeds "[$s]" --methods "[unpruned]"
   for g in $GAMMAS; do run "sss-$g-$s" --seeds "[$s]" --methods "[sss]" --gammas "[$g]"; done
-  for b in $BUDGETS; do run "budget-$b-$s" --seeds "[$s]" --methods "[sss_budget]" --budgets "[$b]"; done
+  for b in $BUDGETS; do run "budget-$b-$s" --seeds "[$s]" --methods "[sss_budget_landing]" --budgets "[$b]"; done
   for w in $WIDTHS; do run "uniform-$w-$s" --seeds "[$s]" --methods "[uniform]" --widths "[$w]"; done
 done
 wait_all

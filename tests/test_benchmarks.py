@@ -139,6 +139,42 @@ def test_pareto_script_runs_every_method_paired_and_resumes_without_repeating(tm
     assert (tmp_path / "p.png").read_bytes().startswith(b"\x89PNG")
 
 
+@pytest.mark.slow
+def test_gpu_script_runs_the_whole_protocol_in_two_waves_and_reports(tmp_path):
+    """scripts/gpu_pareto.sh, shrunk through its environment to a CPU smoke run: every method of the protocol
+    runs as its own process, the Torch-Pruning baselines after the SSS point they match, and the report is
+    written from the log."""
+    pytest.importorskip("torch_pruning")
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from benchmarks import pareto
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # this venv's python
+        "ARCH": "resnet20", "DATASET": "synthetic", "EPOCHS": "2", "FINETUNE": "1", "BATCHES": "3",
+        "SEEDS": "0", "GAMMAS": "0.8", "BUDGETS": "0.6", "WIDTHS": "12 8",
+        "OUT": str(tmp_path / "gpu"), "LOGS": str(tmp_path / "logs"),
+    }  # fmt: skip
+    done = subprocess.run(["bash", str(repo / "scripts" / "gpu_pareto.sh")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = [json.loads(line) for line in (tmp_path / "gpu.runs.jsonl").read_text().splitlines()]
+    assert sorted((r["method"], str(r["knob"])) for r in runs) == sorted(
+        [("unpruned", "None"), ("sss", "0.8"), ("sss_budget_landing", "0.6"), ("uniform", "12"), ("uniform", "8")]
+        + [(m, "sss:0.8") for m in pareto.MATCHED]
+    )
+    assert {r["steps"] for r in runs} == {6}
+    ours = next(r for r in runs if r["method"] == "sss")
+    for r in runs:
+        if r["method"] in pareto.MATCHED:
+            assert abs(r["macs_ratio"] / ours["macs_ratio"] - 1) <= 0.03
+    assert "| SSS point |" in (tmp_path / "gpu.md").read_text()
+
+
 def test_recipes_script_runs_candidates_with_their_own_gates(tmp_path):
     from benchmarks import recipes
 

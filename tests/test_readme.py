@@ -118,3 +118,69 @@ def test_every_test_named_by_the_guarantees_and_bad_input_pages_exists():
             assert case in source, f"docs/{page} names the case [{case}] of tests/{file}::{name}, not in that file"
             checked += 1
     assert checked >= 80
+
+
+def _section(page: str, heading: str) -> str:
+    """The text of one ``## heading`` section of a page, up to the next ``## ``."""
+    text = (REPO / page).read_text()
+    start = text.index(f"\n## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
+def _seed_count(cell: str) -> int:
+    many = re.search(r"(\d+) seeds", cell)
+    return int(many.group(1)) if many else 1 if re.search(r"\bseed \d\b", cell) else 0
+
+
+def _pareto_results() -> tuple[set[tuple[str, int]], set[tuple[str, str]]]:
+    """benchmarks/results/pareto_resnet20.json as the pages quote it: (mean accuracy to 4 places, number of
+    seeds) of every setting, and (paired mean difference, 95% half-width) to 2 places of every comparison."""
+    import json
+
+    results = json.loads((REPO / "benchmarks" / "results" / "pareto_resnet20.json").read_text())
+    means = {(f"{s['acc_mean']:.4f}", len(s["seeds"])) for s in results["summary"]}
+    pairs = {
+        (f"{v['mean']:+.2f}", f"{v['half_width']:.2f}")
+        for c in results["comparisons"]
+        for v in c["vs"].values()
+        if v is not None and v["n"] > 1
+    }
+    return means, pairs
+
+
+def test_the_readme_result_table_and_its_paired_differences_are_the_committed_benchmark_results():
+    """Every accuracy the README's result table quotes is the mean, over the seed count it quotes, of a
+    setting in benchmarks/results/pareto_resnet20.json, and every paired difference ``+a ± b`` quoted next to
+    it is one of that file's comparisons: a rerun that changes the results must change the README too."""
+    means, pairs = _pareto_results()
+    section = _section("README.md", "Result")
+    rows = [line for line in section.splitlines() if re.match(r"\| \d\.\d+ \|", line)]
+    cells = [cell for row in rows for cell in row.split("|")[2:] if re.search(r"\d\.\d{4}", cell)]
+    assert len(cells) >= 12, f"the README's result table quotes only {len(cells)} accuracies"
+    for cell in cells:
+        accuracy = re.search(r"\d\.\d{4}", cell).group(0)
+        assert (accuracy, _seed_count(cell)) in means, f"README result table: {cell.strip()!r} is not in the results"
+    quoted = re.findall(r"([+-]\d+\.\d\d) ± (\d+\.\d\d)", section)
+    assert len(quoted) >= 5, f"the README's result paragraph quotes only {len(quoted)} paired differences"
+    for difference in quoted:
+        assert difference in pairs, f"README result paragraph: {' ± '.join(difference)} is not a paired comparison"
+
+
+def test_the_benchmarks_page_tables_are_the_committed_benchmark_results():
+    """The same for the tables of docs/benchmarks.md's accuracy-vs-MACs section: each accuracy of a row
+    (``a / b / c`` for several settings) is a mean over the row's seeds, each ``+a ± b`` a comparison."""
+    means, pairs = _pareto_results()
+    section = _section("docs/benchmarks.md", "Accuracy vs MACs against the baselines")
+    checked = 0
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        if len(cells) == 6 and re.fullmatch(r"\d", cells[2]):  # method | setting | seeds | MACs | params | acc
+            for accuracy in re.findall(r"\d\.\d{4}", re.sub(r"\(.*?\)", "", cells[5])):  # not the std
+                assert (accuracy, int(cells[2])) in means, f"docs/benchmarks.md: {line!r} quotes {accuracy}"
+                checked += 1
+        if len(cells) == 6 and re.fullmatch(r"\d", cells[1]):  # SSS point | seeds | four differences
+            for difference in re.findall(r"([+-]\d+\.\d\d) ± (\d+\.\d\d)", line):
+                assert difference in pairs, f"docs/benchmarks.md: {line!r} quotes {' ± '.join(difference)}"
+                checked += 1
+    assert checked >= 30, f"only {checked} figures of docs/benchmarks.md's tables were checked"

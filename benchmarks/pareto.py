@@ -125,9 +125,9 @@ METHODS_TABLE: dict[str, Method] = {
         "SSS + MacsBudget, fixed at the deadline, zeros pinned from 3/4 of the way", "X",
         land_from=None, pin_zeros_from=0.75,
     ),
-    "uniform": Method("uniform width", "D:", "uniform"),
-    "slimming": Method("Network Slimming (TP)", "s", "matched"),
-    "depgraph": Method("DepGraph (TP)", "^", "matched"),
+    "uniform": Method("uniform width", "kD:", "uniform"),
+    "slimming": Method("Network Slimming (TP)", "ms", "matched"),
+    "depgraph": Method("DepGraph (TP)", "g^", "matched"),
 }  # fmt: skip
 METHODS = tuple(METHODS_TABLE)
 NAMES = {method: m.label for method, m in METHODS_TABLE.items()}
@@ -428,7 +428,11 @@ def report(rows: list[dict], cmps: list[dict], args) -> str:
 
 
 def plot(rows: list[dict], args, path: Path) -> None:
-    with png_figure(path) as ax:
+    from matplotlib import colormaps
+
+    with png_figure(path, figsize=(10.5, 5.0)) as ax:
+        tab20 = colormaps["tab20"]
+        ax.set_prop_cycle(color=[tab20(i) for i in (*range(0, 20, 2), *range(1, 20, 2))])  # one colour per method
         for method in METHODS:
             pts = sorted((r["macs_ratio"], r["acc_mean"], r["acc_std"]) for r in rows if r["method"] == method)
             if pts:
@@ -440,7 +444,7 @@ def plot(rows: list[dict], args, path: Path) -> None:
             title=f"{args.arch} on {args.dataset}: {_steps(args)} steps, seeds {args.seeds}",
         )
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the points, not over them
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -62,6 +62,9 @@ wait_all
 for s in $SEEDS; do
   for m in slimming depgraph; do
     for g in $GAMMAS; do run "$m-$g-$s" --seeds "[$s]" --methods "[$m]" --gammas "[$g]" --match "[sss:$g]"; done
+    for b in $BUDGETS; do
+      run "$m-budget-$b-$s" --seeds "[$s]" --methods "[$m]" --budgets "[$b]" --match "[sss_budget_landing:$b]"
+    done
   done
 done
 wait_all

@@ -163,12 +163,14 @@ def test_gpu_script_runs_the_whole_protocol_in_two_waves_and_reports(tmp_path):
     done = subprocess.run(["bash", str(repo / "scripts" / "gpu_pareto.sh")], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = [json.loads(line) for line in (tmp_path / "gpu.runs.jsonl").read_text().splitlines()]
+    # gamma 0.8 prunes nothing in 6 steps, so its baselines are skipped (and say so); the budget point is cut
     assert sorted((r["method"], str(r["knob"])) for r in runs) == sorted(
         [("unpruned", "None"), ("sss", "0.8"), ("sss_budget_landing", "0.6"), ("uniform", "12"), ("uniform", "8")]
-        + [(m, "sss:0.8") for m in pareto.MATCHED]
+        + [(m, "sss_budget_landing:0.6") for m in pareto.MATCHED]
     )
+    assert "that SSS point pruned nothing" in (tmp_path / "logs" / "depgraph-0.8-0.log").read_text()
     assert {r["steps"] for r in runs} == {6}
-    ours = next(r for r in runs if r["method"] == "sss")
+    ours = next(r for r in runs if r["method"] == "sss_budget_landing")
     for r in runs:
         if r["method"] in pareto.MATCHED:
             assert abs(r["macs_ratio"] / ours["macs_ratio"] - 1) <= 0.03

@@ -76,11 +76,14 @@ class RunLog:
     """A sweep's finished runs, one JSON line each in ``path``: a killed sweep run again skips what the
     log holds and goes on. A run is identified by the values of the ``key`` fields of its row."""
 
-    def __init__(self, path: str | Path, key: Sequence[str]) -> None:
+    def __init__(self, path: str | Path, key: Sequence[str], defaults: dict[str, Any] | None = None) -> None:
+        """``defaults``: the value a key field had before the log recorded it (a row without the field was
+        run with that value), so that adding a field to ``key`` keeps an older log's runs."""
         self.path, self.key = Path(path), tuple(key)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         text = self.path.read_text() if self.path.exists() else ""
-        self.rows: list[dict[str, Any]] = [json.loads(line) for line in text.splitlines() if line.strip()]
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        self.rows: list[dict[str, Any]] = [{**(defaults or {}), **row} for row in rows]
 
     def key_of(self, row: dict[str, Any]) -> tuple:
         return tuple(row[k] for k in self.key)

@@ -139,7 +139,9 @@ def _of_kind(kind: str) -> dict[str, Method]:
 
 GAMMA_POINTS, BUDGET_POINTS, MATCHED = _of_kind("gamma"), _of_kind("budget"), tuple(_of_kind("matched"))
 SSS_METHODS = (*GAMMA_POINTS, *BUDGET_POINTS)
-KEY = ("arch", "dataset", "epochs", "batches_per_epoch", "method", "knob", "seed")
+KEY = ("arch", "dataset", "epochs", "batches_per_epoch", "weight_decay", "method", "knob", "seed")
+SETTING = KEY[:5]  # what every run of one sweep shares
+BEFORE_LOGGED = {"weight_decay": 1e-4}  # the value of a key field in the rows logged before it was
 
 
 def configs(args) -> list[tuple[str, Any]]:
@@ -165,13 +167,14 @@ def _target(knob: str, seed: int, runs: list[dict], args) -> float:
 
 
 def _same_setting(row: dict, args) -> bool:
-    return all(row[k] == getattr(args, k) for k in KEY[:4])
+    return all(row[k] == getattr(args, k) for k in SETTING)
 
 
 def run_one(method: str, knob: Any, seed: int, args, runs: list[dict]) -> dict:
     L.seed_everything(seed)
     data, size = datamodule(args.dataset, args.data_dir, synthetic_train_size=1024)
-    common = {"arch": args.arch, "num_classes": 10, "in_channels": size[0], "lr": args.lr, "input_size": size}
+    common = {"arch": args.arch, "num_classes": 10, "in_channels": size[0], "input_size": size}
+    common.update(lr=args.lr, weight_decay=args.weight_decay)
     callbacks: list[L.Callback] = []
     monitor = GateMonitor(log_every_n_steps=10**9, plots=False)
     surgery = StructuralSurgery(dirpath=args.out_dir, filename=f"{method}-{knob}-{seed}.pt")
@@ -190,7 +193,9 @@ def run_one(method: str, knob: Any, seed: int, args, runs: list[dict]) -> dict:
     elif kind == "matched":
         from benchmarks.torch_pruning_baselines import PlainClassifier, TorchPruningBaseline
 
-        module = PlainClassifier(arch=args.arch, num_classes=10, in_channels=size[0], lr=args.lr)
+        module = PlainClassifier(
+            arch=args.arch, num_classes=10, in_channels=size[0], lr=args.lr, weight_decay=args.weight_decay
+        )
         target = _target(knob, seed, runs, args)
         tp = TorchPruningBaseline(
             method,
@@ -216,6 +221,7 @@ def run_one(method: str, knob: Any, seed: int, args, runs: list[dict]) -> dict:
         "dataset": args.dataset,
         "epochs": args.epochs,
         "batches_per_epoch": args.batches_per_epoch,
+        "weight_decay": args.weight_decay,
         "method": method,
         "knob": knob,
         "seed": seed,
@@ -379,8 +385,9 @@ def _steps(args) -> str:
 def report(rows: list[dict], cmps: list[dict], args) -> str:
     lines = [
         f"{args.arch} on {args.dataset}: {args.epochs} epochs x {args.batches_per_epoch} batches of 128 "
-        f"({_steps(args)} optimizer steps for every method), cosine LR from {args.lr}, seeds "
-        f"{args.seeds} paired (same initialisation and data order per seed). SSS: one pass, surgery at the end; "
+        f"({_steps(args)} optimizer steps for every method), cosine LR from {args.lr}, weight decay "
+        f"{args.weight_decay:g}, seeds {args.seeds} paired (same initialisation and data order per seed). SSS: one "
+        "pass, surgery at the end; "
         f"budget / TP pruners fix the structure after epoch {args.epochs - args.finetune_epochs}. Accuracy on the "
         "10k test split, mean (std) over seeds.",
         "",
@@ -452,6 +459,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     add_run_arguments(parser, batches_per_epoch=469)
     parser.add_argument("--finetune_epochs", type=int, default=1, help="epochs after budget/TP fix the structure")
     parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--weight_decay", type=float, default=1e-4, help="the weights' weight decay, every method")
     parser.add_argument("--seeds", type=list[int], default=[0, 1, 2])
     parser.add_argument("--methods", type=list[str], default=list(METHODS), help=f"a subset of {METHODS}")
     for point in GAMMA_POINTS.values():
@@ -477,9 +485,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if not 0 < args.finetune_epochs < args.epochs:
         parser.error("--finetune_epochs must be at least 1 and less than --epochs")
     check_run_arguments(parser, args, "pareto")
-    log = RunLog(f"{args.out}.runs.jsonl", KEY)
+    log = RunLog(f"{args.out}.runs.jsonl", KEY, BEFORE_LOGGED)
     runs = log.rows
-    setting = {k: getattr(args, k) for k in KEY[:4]}
+    setting = {k: getattr(args, k) for k in SETTING}
     wanted = [_key({**setting, "method": m, "knob": k, "seed": s}) for s in args.seeds for m, k in configs(args)]
 
     def run(key: tuple) -> dict | None:

@@ -212,3 +212,18 @@ def test_paired_interval_uses_students_t():
     assert result["mean"] == 2.0 and result["n"] == 3
     assert result["half_width"] == pytest.approx(4.302653 * 1.0 / 3**0.5, rel=1e-5)  # t(0.975, 2) * sd / sqrt(n)
     assert pareto.paired([]) is None
+
+
+def test_a_run_log_reads_a_key_field_older_rows_lack_as_its_default(tmp_path):
+    """A field added to a sweep's key (pareto's --weight_decay) keeps the runs logged before it: they read as
+    the value they were run with, and a run at another value is a different run, not skipped."""
+    from benchmarks.common import RunLog
+    from benchmarks.pareto import BEFORE_LOGGED, KEY
+
+    old = {"arch": "resnet20", "dataset": "fashion_mnist", "epochs": 4, "batches_per_epoch": 469}
+    old |= {"method": "sss", "knob": 0.0037, "seed": 0, "val_acc": 0.9}
+    (tmp_path / "p.runs.jsonl").write_text(json.dumps(old) + "\n")
+    log = RunLog(tmp_path / "p.runs.jsonl", KEY, BEFORE_LOGGED)
+    key = {**old, "weight_decay": 1e-4}
+    assert log.has(tuple(key[k] for k in KEY))
+    assert not log.has(tuple({**key, "weight_decay": 5e-4}[k] for k in KEY))

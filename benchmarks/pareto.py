@@ -141,7 +141,7 @@ GAMMA_POINTS, BUDGET_POINTS, MATCHED = _of_kind("gamma"), _of_kind("budget"), tu
 SSS_METHODS = (*GAMMA_POINTS, *BUDGET_POINTS)
 KEY = ("arch", "dataset", "epochs", "batches_per_epoch", "weight_decay", "method", "knob", "seed")
 SETTING = KEY[:5]  # what every run of one sweep shares
-BEFORE_LOGGED = {"weight_decay": 1e-4}  # the value of a key field in the rows logged before it was
+BEFORE_LOGGED = {"weight_decay": 1e-4}  # what a key field was in the rows logged before the log recorded it
 
 
 def configs(args) -> list[tuple[str, Any]]:
@@ -173,8 +173,10 @@ def _same_setting(row: dict, args) -> bool:
 def run_one(method: str, knob: Any, seed: int, args, runs: list[dict]) -> dict:
     L.seed_everything(seed)
     data, size = datamodule(args.dataset, args.data_dir, synthetic_train_size=1024)
-    common = {"arch": args.arch, "num_classes": 10, "in_channels": size[0], "input_size": size}
-    common.update(lr=args.lr, weight_decay=args.weight_decay)
+    common = {
+        "arch": args.arch, "num_classes": 10, "in_channels": size[0], "input_size": size,
+        "lr": args.lr, "weight_decay": args.weight_decay,
+    }  # fmt: skip
     callbacks: list[L.Callback] = []
     monitor = GateMonitor(log_every_n_steps=10**9, plots=False)
     surgery = StructuralSurgery(dirpath=args.out_dir, filename=f"{method}-{knob}-{seed}.pt")
@@ -244,10 +246,6 @@ def run_one(method: str, knob: Any, seed: int, args, runs: list[dict]) -> dict:
         row["budget_fixed_at_step"] = budget.result["step"]  # the deadline, or an earlier landing in the band
         row["budget_history"] = budget.history  # the controller's trajectory: MACs, look-ahead MACs, gamma
     return row
-
-
-def _key(row: dict) -> tuple:
-    return tuple(row[k] for k in KEY)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -386,10 +384,9 @@ def report(rows: list[dict], cmps: list[dict], args) -> str:
     lines = [
         f"{args.arch} on {args.dataset}: {args.epochs} epochs x {args.batches_per_epoch} batches of 128 "
         f"({_steps(args)} optimizer steps for every method), cosine LR from {args.lr}, weight decay "
-        f"{args.weight_decay:g}, seeds {args.seeds} paired (same initialisation and data order per seed). SSS: one "
-        "pass, surgery at the end; "
-        f"budget / TP pruners fix the structure after epoch {args.epochs - args.finetune_epochs}. Accuracy on the "
-        "10k test split, mean (std) over seeds.",
+        f"{args.weight_decay:g}, seeds {args.seeds} paired (same initialisation and data order per seed). SSS: "
+        "one pass, surgery at the end; budget / TP pruners fix the structure after epoch "
+        f"{args.epochs - args.finetune_epochs}. Accuracy on the 10k test split, mean (std) over seeds.",
         "",
         "| method | setting | seeds | MACs / unpruned | params | acc | zeros stable over last 10% |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -488,7 +485,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     log = RunLog(f"{args.out}.runs.jsonl", KEY, BEFORE_LOGGED)
     runs = log.rows
     setting = {k: getattr(args, k) for k in SETTING}
-    wanted = [_key({**setting, "method": m, "knob": k, "seed": s}) for s in args.seeds for m, k in configs(args)]
+    wanted = [log.key_of({**setting, "method": m, "knob": k, "seed": s}) for s in args.seeds for m, k in configs(args)]
 
     def run(key: tuple) -> dict | None:
         method, knob, seed = key[-3:]

@@ -1,6 +1,10 @@
 """Benchmark scripts run end to end on tiny settings (their numbers are not asserted: timings vary)."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -145,11 +149,6 @@ def test_gpu_script_runs_the_whole_protocol_in_two_waves_and_reports(tmp_path):
     runs as its own process, the Torch-Pruning baselines after the SSS point they match, and the report is
     written from the log."""
     pytest.importorskip("torch_pruning")
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     from benchmarks import pareto
 
     repo = Path(__file__).resolve().parents[1]
@@ -224,6 +223,5 @@ def test_a_run_log_reads_a_key_field_older_rows_lack_as_its_default(tmp_path):
     old |= {"method": "sss", "knob": 0.0037, "seed": 0, "val_acc": 0.9}
     (tmp_path / "p.runs.jsonl").write_text(json.dumps(old) + "\n")
     log = RunLog(tmp_path / "p.runs.jsonl", KEY, BEFORE_LOGGED)
-    key = {**old, "weight_decay": 1e-4}
-    assert log.has(tuple(key[k] for k in KEY))
-    assert not log.has(tuple({**key, "weight_decay": 5e-4}[k] for k in KEY))
+    assert log.has(log.key_of({**old, "weight_decay": 1e-4}))
+    assert not log.has(log.key_of({**old, "weight_decay": 5e-4}))

@@ -120,6 +120,10 @@ def test_every_test_named_by_the_guarantees_and_bad_input_pages_exists():
     assert checked >= 80
 
 
+_ACCURACY = re.compile(r"\d\.\d{4}")  # an accuracy as the result tables quote it
+_PAIRED = re.compile(r"([+-]\d+\.\d\d) ± (\d+\.\d\d)")  # a paired difference and its 95% half-width
+
+
 def _section(page: str, heading: str) -> str:
     """The text of one ``## heading`` section of a page, up to the next ``## ``."""
     text = (REPO / page).read_text()
@@ -156,12 +160,12 @@ def test_the_readme_result_table_and_its_paired_differences_are_the_committed_be
     means, pairs = _pareto_results()
     section = _section("README.md", "Result")
     rows = [line for line in section.splitlines() if re.match(r"\| \d\.\d+ \|", line)]
-    cells = [cell for row in rows for cell in row.split("|")[2:] if re.search(r"\d\.\d{4}", cell)]
+    cells = [cell for row in rows for cell in row.split("|")[2:] if _ACCURACY.search(cell)]
     assert len(cells) >= 12, f"the README's result table quotes only {len(cells)} accuracies"
     for cell in cells:
-        accuracy = re.search(r"\d\.\d{4}", cell).group(0)
+        accuracy = _ACCURACY.search(cell).group(0)
         assert (accuracy, _seed_count(cell)) in means, f"README result table: {cell.strip()!r} is not in the results"
-    quoted = re.findall(r"([+-]\d+\.\d\d) ± (\d+\.\d\d)", section)
+    quoted = _PAIRED.findall(section)
     assert len(quoted) >= 5, f"the README's result paragraph quotes only {len(quoted)} paired differences"
     for difference in quoted:
         assert difference in pairs, f"README result paragraph: {' ± '.join(difference)} is not a paired comparison"
@@ -176,11 +180,11 @@ def test_the_benchmarks_page_tables_are_the_committed_benchmark_results():
     for line in section.splitlines():
         cells = [c.strip() for c in line.split("|")[1:-1]]
         if len(cells) == 6 and re.fullmatch(r"\d", cells[2]):  # method | setting | seeds | MACs | params | acc
-            for accuracy in re.findall(r"\d\.\d{4}", re.sub(r"\(.*?\)", "", cells[5])):  # not the std
+            for accuracy in _ACCURACY.findall(re.sub(r"\(.*?\)", "", cells[5])):  # not the std
                 assert (accuracy, int(cells[2])) in means, f"docs/benchmarks.md: {line!r} quotes {accuracy}"
                 checked += 1
         if len(cells) == 6 and re.fullmatch(r"\d", cells[1]):  # SSS point | seeds | four differences
-            for difference in re.findall(r"([+-]\d+\.\d\d) ± (\d+\.\d\d)", line):
+            for difference in _PAIRED.findall(line):
                 assert difference in pairs, f"docs/benchmarks.md: {line!r} quotes {' ± '.join(difference)}"
                 checked += 1
     assert checked >= 30, f"only {checked} figures of docs/benchmarks.md's tables were checked"
